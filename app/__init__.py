@@ -1,0 +1,115 @@
+"""The relay's application factory."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from .config import ConfigError, load_settings
+
+
+def create_app(config: dict | None = None) -> Flask:
+    """Build the relay: settings, extensions, blueprints, error envelope, CLI, dispatcher."""
+    app = Flask(__name__, instance_relative_config=True)
+    register_config(app, config)
+    register_extensions(app)
+    register_blueprints(app)
+    register_errors(app)
+    register_cli(app)
+    # One proxy hop (the load balancer) sets X-Forwarded-*; trust exactly that one.
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1, x_prefix=1)
+    register_dispatcher(app)
+    return app
+
+
+def register_config(app: Flask, config: dict | None) -> None:
+    """Settings from the environment (validated once), then the caller's overrides."""
+    env = dict(os.environ)
+    if config and config.get("TESTING"):
+        env.setdefault("RELAY_ENV", "testing")
+        env.pop("DATABASE_URL", None)
+    settings = load_settings(env, instance_path=app.instance_path)
+    app.config.update(settings.values)
+    app.config.update(
+        API_TITLE="Catapult relay",
+        API_VERSION="1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/api",
+        OPENAPI_JSON_PATH="openapi.json",
+        SQLALCHEMY_ENGINE_OPTIONS={},
+        JSON_SORT_KEYS=False,
+    )
+    if config:
+        app.config.update(config)
+        if "DATABASE_URL" in config:
+            app.config["SQLALCHEMY_DATABASE_URI"] = config["DATABASE_URL"]
+    app.config["GENERATED_SECRETS"] = settings.generated
+    if settings.errors and not (config and config.get("TESTING")):
+        message = "Invalid configuration:\n  - " + "\n  - ".join(settings.errors)
+        if os.environ.get("FLASK_RUN_FROM_CLI") and _cli_command() in TOLERANT_COMMANDS:
+            # Development tools (the sandbox, migrations) must start in a bare shell.
+            app.config["CONFIG_ERRORS"] = settings.errors
+        else:
+            raise ConfigError(message)
+    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:///"):
+        os.makedirs(app.instance_path, exist_ok=True)
+
+
+# CLI commands that do not need the relay's secrets: they run with the database URL alone.
+TOLERANT_COMMANDS = {"sandbox", "db", "routes", "shell", "--help", None}
+
+
+def _cli_command() -> str | None:
+    args = [a for a in sys.argv[1:] if not a.startswith("-")]
+    # `flask --app wsgi <command>`: skip the option value that follows --app.
+    argv = sys.argv[1:]
+    for i, arg in enumerate(argv):
+        if arg in ("--app", "-A", "-e", "--env-file"):
+            args = [a for a in argv[i + 2 :] if not a.startswith("-")]
+    return args[0] if args else None
+
+
+def register_extensions(app: Flask) -> None:
+    from . import db_setup
+    from .extensions import api, db, migrate
+    from .metrics import init_metrics
+
+    db.init_app(app)
+    migrations = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "migrations"))
+    migrate.init_app(app, db, directory=migrations)
+    with app.app_context():
+        db_setup.configure_engine(db.engine)
+    api.init_app(app)
+    init_metrics(app)
+
+
+def register_blueprints(app: Flask) -> None:
+    from . import api as api_views
+    from . import callbacks, ops
+    from .extensions import api
+
+    api.register_blueprint(api_views.bp)
+    api_views.register_openapi_components(api)
+    app.register_blueprint(callbacks.bp)
+    app.register_blueprint(ops.bp)
+
+
+def register_errors(app: Flask) -> None:
+    from .errors import register_error_handlers
+
+    register_error_handlers(app)
+
+
+def register_cli(app: Flask) -> None:
+    from .cli import register_commands
+
+    register_commands(app)
+
+
+def register_dispatcher(app: Flask) -> None:
+    from .dispatcher import start_inline_dispatcher
+
+    start_inline_dispatcher(app)

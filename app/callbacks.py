@@ -1,0 +1,92 @@
+"""The callback receiver: the hot path. Verify, store raw, correlate, apply, commit, answer 200.
+
+Catapult tries ``callbackUrl`` once and ``fallbackUrl`` once, then drops the event
+(catapult-v1.md §3), so this path does one short transaction and nothing else: no network
+calls, no work that can happen later. It answers 200 only after the commit.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+
+from flask import Blueprint, Response, current_app, request
+
+from . import messaging
+from .extensions import db
+from .metrics import CALLBACKS
+
+bp = Blueprint("callbacks", __name__, url_prefix="/callbacks")
+
+_UNAUTHORIZED = json.dumps(
+    {
+        "category": "authentication",
+        "code": "unauthorized",
+        "message": "Callback credentials are missing or wrong.",
+        "details": [],
+    }
+)
+
+
+def _authorized() -> bool:
+    """Basic credentials (embedded by us in the callback URLs), compared in constant time."""
+    auth = request.authorization
+    if auth is None or auth.type != "basic":
+        return False
+    cfg = current_app.config
+    user_ok = hmac.compare_digest(
+        (auth.username or "").encode(), cfg["CALLBACK_USERNAME"].encode()
+    )
+    password_ok = hmac.compare_digest(
+        (auth.password or "").encode(), cfg["CALLBACK_PASSWORD"].encode()
+    )
+    return user_ok and password_ok
+
+
+def _receive(via: str) -> Response:
+    if not _authorized():
+        CALLBACKS.labels(via, request.method, "unauthorized").inc()
+        return Response(
+            _UNAUTHORIZED,
+            401,
+            {"WWW-Authenticate": 'Basic realm="callbacks"'},
+            mimetype="application/json",
+        )
+    if request.method == "GET":
+        # GET callbacks carry the event as query parameters (catapult-v1.md §3).
+        raw = request.query_string.decode("utf-8", "replace")
+        payload = request.args.to_dict() if raw else None
+    else:
+        raw = request.get_data(as_text=True)
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            payload = None
+    event = messaging.store_event(
+        db.session,
+        via=via,
+        method=request.method,
+        raw=raw,
+        payload=payload,
+        content_type=request.content_type,
+        user_agent=request.user_agent.string[:200] or None,
+    )
+    outcome = (
+        "unparseable" if event.unparseable else "parked" if event.parked
+        else "duplicate" if event.duplicate else "late" if event.late else "applied"
+    )
+    db.session.commit()
+    CALLBACKS.labels(via, request.method, outcome).inc()
+    return Response(status=200)
+
+
+@bp.route("/catapult", methods=["GET", "POST"])
+def primary():
+    """Receive a Catapult event on the primary callback URL."""
+    return _receive("primary")
+
+
+@bp.route("/catapult/fallback", methods=["GET", "POST"])
+def fallback():
+    """Receive a Catapult event on the fallback URL (the carrier's second and last try)."""
+    return _receive("fallback")

@@ -1,0 +1,137 @@
+"""Settings from the environment, read and validated once when the app is created."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+DEFAULT_CATAPULT_API_URL = "https://api.catapult.inetwork.com"
+
+
+class ConfigError(RuntimeError):
+    """A required setting is missing or malformed; the message names every variable."""
+
+
+@dataclass
+class Settings:
+    """The relay's configuration, as Flask config keys with the environment variable names."""
+
+    values: dict = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    generated: dict = field(default_factory=dict)
+
+
+def _url_ok(value: str) -> bool:
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _int(env, name, default, errors, minimum=0, maximum=None):
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        errors.append(f"{name} must be an integer, got {raw!r}")
+        return default
+    if value < minimum or (maximum is not None and value > maximum):
+        errors.append(f"{name} must be between {minimum} and {maximum or 'any'}, got {value}")
+    return value
+
+
+def _float(env, name, default, errors):
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        errors.append(f"{name} must be a number, got {raw!r}")
+        return default
+    if value < 0:
+        errors.append(f"{name} must not be negative, got {raw!r}")
+    return value
+
+
+def load_settings(env: dict | None = None, instance_path: str | None = None) -> Settings:
+    """Read every setting of DESIGN.md from ``env``; collect (not raise) what is wrong."""
+    env = dict(os.environ if env is None else env)
+    errors: list[str] = []
+    generated: dict[str, str] = {}
+    relay_env = env.get("RELAY_ENV", "production") or "production"
+    if relay_env not in ("production", "development", "testing"):
+        errors.append(f"RELAY_ENV must be production or development, got {relay_env!r}")
+    strict = relay_env == "production"
+
+    def secret(name: str) -> str:
+        value = env.get(name) or ""
+        if value:
+            return value
+        if strict:
+            errors.append(f"{name} is required (RELAY_ENV=production)")
+            return ""
+        # Development: a safe local default, generated and reported once so nobody ships it.
+        value = secrets.token_urlsafe(16)
+        generated[name] = value
+        return value
+
+    instance = Path(instance_path or "instance")
+    database_url = env.get("DATABASE_URL") or f"sqlite:///{(instance / 'relay.sqlite3').resolve()}"
+
+    public = env.get("PUBLIC_BASE_URL") or ("" if strict else "http://127.0.0.1:8000")
+    if not public:
+        errors.append("PUBLIC_BASE_URL is required (RELAY_ENV=production)")
+    elif not _url_ok(public):
+        errors.append(f"PUBLIC_BASE_URL must be an http(s) URL, got {public!r}")
+    fallback = env.get("FALLBACK_BASE_URL") or public
+    if fallback and not _url_ok(fallback):
+        errors.append(f"FALLBACK_BASE_URL must be an http(s) URL, got {fallback!r}")
+    api_url = env.get("CATAPULT_API_URL") or DEFAULT_CATAPULT_API_URL
+    if not _url_ok(api_url):
+        errors.append(f"CATAPULT_API_URL must be an http(s) URL, got {api_url!r}")
+
+    receipt = (env.get("RECEIPT_REQUESTED") or "all").lower()
+    if receipt not in ("none", "all", "error"):
+        errors.append(f"RECEIPT_REQUESTED must be none, all or error, got {receipt!r}")
+    dispatch = (env.get("DISPATCH") or "inline").lower()
+    if dispatch not in ("inline", "worker", "off"):
+        errors.append(f"DISPATCH must be inline or worker, got {dispatch!r}")
+
+    api_keys_raw = env.get("API_KEYS") or ""
+    api_keys = [k.strip() for k in api_keys_raw.split(",") if k.strip()]
+    if not api_keys:
+        if strict:
+            errors.append("API_KEYS is required (RELAY_ENV=production)")
+        else:
+            api_keys = [secret("API_KEYS")]
+
+    values = {
+        "RELAY_ENV": relay_env,
+        "SQLALCHEMY_DATABASE_URI": database_url,
+        "DATABASE_URL": database_url,
+        "PUBLIC_BASE_URL": public.rstrip("/"),
+        "FALLBACK_BASE_URL": (fallback or "").rstrip("/"),
+        "CALLBACK_USERNAME": secret("CALLBACK_USERNAME"),
+        "CALLBACK_PASSWORD": secret("CALLBACK_PASSWORD"),
+        "CATAPULT_API_URL": api_url.rstrip("/"),
+        "CATAPULT_USER_ID": secret("CATAPULT_USER_ID"),
+        "CATAPULT_API_TOKEN": secret("CATAPULT_API_TOKEN"),
+        "CATAPULT_API_SECRET": secret("CATAPULT_API_SECRET"),
+        "CATAPULT_MPS": _float(env, "CATAPULT_MPS", 0.0, errors),
+        "CATAPULT_MPS_PER_NUMBER": _float(env, "CATAPULT_MPS_PER_NUMBER", 0.0, errors),
+        "RECEIPT_REQUESTED": receipt,
+        "CALLBACK_TIMEOUT_MS": _int(env, "CALLBACK_TIMEOUT_MS", 10000, errors, 1, 10000),
+        "API_KEYS": api_keys,
+        "DASHBOARD_USERNAME": secret("DASHBOARD_USERNAME"),
+        "DASHBOARD_PASSWORD": secret("DASHBOARD_PASSWORD"),
+        "DISPATCH": dispatch,
+        "SECRET_KEY": secret("SECRET_KEY"),
+        # Seconds a message may stay short of a final status before the reconciler asks.
+        "RECONCILE_AFTER_S": _int(env, "RECONCILE_AFTER_S", 900, errors, 1),
+        "CARRIER_TIMEOUT_S": _float(env, "CARRIER_TIMEOUT_S", 15.0, errors),
+    }
+    return Settings(values=values, errors=errors, generated=generated)

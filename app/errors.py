@@ -1,0 +1,116 @@
+"""One error envelope: Catapult's ``{category, code, message, details}`` for /api and /callbacks."""
+
+from __future__ import annotations
+
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from .send_rules import SendRuleError
+
+# HTTP status → Catapult error category (catapult-v1.md §1, "Errors").
+CATEGORY_BY_STATUS = {
+    400: "bad-request",
+    401: "authentication",
+    403: "authorization",
+    404: "not-found",
+    405: "bad-request",
+    409: "conflict",
+    413: "bad-request",
+    415: "bad-request",
+    422: "bad-request",
+    429: "too-many-requests",
+    503: "unavailable",
+}
+
+
+class ApiError(Exception):
+    """An error answered in Catapult's shape."""
+
+    def __init__(self, status, category, code, message, details=None, headers=None):
+        super().__init__(message)
+        self.status = status
+        self.category = category
+        self.code = code
+        self.message = message
+        self.details = details or []
+        self.headers = headers or {}
+
+    def to_dict(self) -> dict:
+        return {
+            "category": self.category,
+            "code": self.code,
+            "message": self.message,
+            "details": self.details,
+        }
+
+
+def request_details() -> list[dict]:
+    """The details Catapult attaches to every error: method, remote address, path."""
+    return [
+        {"name": "requestMethod", "value": request.method},
+        {"name": "remoteAddress", "value": request.remote_addr or ""},
+        {"name": "requestPath", "value": request.path.lstrip("/")},
+    ]
+
+
+def _wants_json() -> bool:
+    return not request.path.startswith("/dashboard")
+
+
+def register_error_handlers(app: Flask) -> None:
+    """JSON in Catapult's shape for the API and callbacks; plain HTML for the dashboard."""
+
+    @app.errorhandler(ApiError)
+    def handle_api_error(err: ApiError):
+        body = err.to_dict()
+        if not body["details"]:
+            body["details"] = request_details()
+        return jsonify(body), err.status, err.headers
+
+    @app.errorhandler(SendRuleError)
+    def handle_send_rule_error(err: SendRuleError):
+        return jsonify(err.to_dict()), err.status
+
+    @app.errorhandler(HTTPException)
+    def handle_http_error(err: HTTPException):
+        status = err.code or 500
+        if not _wants_json():
+            return err
+        details = request_details()
+        messages = getattr(err, "data", {}).get("messages") if hasattr(err, "data") else None
+        if status == 422 and messages:
+            # Query-string validation (webargs) reports 422; Catapult says 400 validation-error.
+            status = 400
+            for location in messages.values():
+                for name, problems in location.items():
+                    details.append({"name": name, "value": "; ".join(map(str, problems))})
+            body = {
+                "category": "bad-request",
+                "code": "validation-error",
+                "message": "Invalid query parameters: "
+                + ", ".join(d["name"] for d in details[3:]),
+                "details": details,
+            }
+            return jsonify(body), status
+        body = {
+            "category": CATEGORY_BY_STATUS.get(status, "internal-error"),
+            "code": (err.name or "error").lower().replace(" ", "-"),
+            "message": err.description or err.name,
+            "details": details,
+        }
+        headers = dict(err.get_headers()) if status in (401, 405) else {}
+        headers.pop("Content-Type", None)
+        return jsonify(body), status, headers
+
+    @app.errorhandler(Exception)
+    def handle_unexpected(err: Exception):
+        if isinstance(err, HTTPException):
+            return handle_http_error(err)
+        app.logger.exception("unhandled error on %s %s", request.method, request.path)
+        body = {
+            "category": "unavailable",
+            "code": "internal-error",
+            "message": "The relay failed to handle this request; it has been logged.",
+            "details": request_details(),
+        }
+        return jsonify(body), 500

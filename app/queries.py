@@ -1,0 +1,118 @@
+"""Read-side queries for the API and the dashboard: lists with keyset paging, and stats."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from .models import STATUSES, CallbackEvent, Message
+from .schemas import EventSchema
+
+event_schema = EventSchema()
+
+MESSAGE_FILTERS = {
+    "status": Message.status,
+    "direction": Message.direction,
+    "tag": Message.tag,
+    "from_": Message.from_number,
+    "to": Message.to_number,
+}
+
+
+def list_messages(session: Session, filters: dict, limit: int, after: str | None = None):
+    """Newest first (ids sort by creation time); ``after`` is the last id of the previous page."""
+    stmt = select(Message)
+    for name, column in MESSAGE_FILTERS.items():
+        if filters.get(name) is not None:
+            stmt = stmt.where(column == filters[name])
+    if filters.get("since") is not None:
+        stmt = stmt.where(Message.created_at >= filters["since"])
+    if filters.get("until") is not None:
+        stmt = stmt.where(Message.created_at < filters["until"])
+    if after is not None:
+        stmt = stmt.where(Message.id < after)
+    return session.scalars(stmt.order_by(Message.id.desc()).limit(limit)).all()
+
+
+def list_events(session: Session, filters: dict, limit: int, after: int | None = None):
+    """The callback log, newest first; ``matched`` false means not attached to any message."""
+    stmt = select(CallbackEvent)
+    matched = filters.get("matched")
+    if matched is True:
+        stmt = stmt.where(CallbackEvent.message_id.is_not(None))
+    elif matched is False:
+        stmt = stmt.where(CallbackEvent.message_id.is_(None))
+    if filters.get("via"):
+        stmt = stmt.where(CallbackEvent.via == filters["via"])
+    if filters.get("carrierMessageId"):
+        stmt = stmt.where(CallbackEvent.carrier_message_id == filters["carrierMessageId"])
+    if filters.get("method"):
+        stmt = stmt.where(CallbackEvent.method == filters["method"].upper())
+    if filters.get("since") is not None:
+        stmt = stmt.where(CallbackEvent.received_at >= filters["since"])
+    if after is not None:
+        stmt = stmt.where(CallbackEvent.id < after)
+    return session.scalars(stmt.order_by(CallbackEvent.id.desc()).limit(limit)).all()
+
+
+def _percentile(session: Session, base, count: int, fraction: float) -> float | None:
+    """The nearest-rank percentile of ``receipt_seconds`` among ``count`` rows of ``base``."""
+    if count == 0:
+        return None
+    offset = max(0, min(count - 1, int(round(fraction * count + 0.5)) - 1))
+    stmt = (
+        select(Message.receipt_seconds)
+        .where(*base, Message.receipt_seconds.is_not(None))
+        .order_by(Message.receipt_seconds)
+        .limit(1)
+        .offset(offset)
+    )
+    return session.scalar(stmt)
+
+
+def stats(session: Session, since: datetime | None) -> dict:
+    """What /api/stats and the dashboard overview show, over messages created since ``since``."""
+    base = [Message.created_at >= since] if since is not None else []
+    rows = session.execute(
+        select(Message.status, func.count()).where(*base).group_by(Message.status)
+    ).all()
+    counts = {status: 0 for status in STATUSES}
+    counts.update({status: n for status, n in rows})
+    finished = counts["delivered"] + counts["not-delivered"] + counts["error"]
+    timed = session.scalar(
+        select(func.count()).where(*base, Message.receipt_seconds.is_not(None))
+    ) or 0
+    event_base = [CallbackEvent.received_at >= since] if since is not None else []
+    event_rows = session.execute(
+        select(
+            func.count(),
+            func.count().filter(CallbackEvent.via == "fallback"),
+            func.count().filter(CallbackEvent.message_id.is_(None)),
+            func.count().filter(CallbackEvent.duplicate.is_(True)),
+            func.count().filter(CallbackEvent.late.is_(True)),
+            func.count().filter(CallbackEvent.unparseable.is_(True)),
+        ).where(*event_base, CallbackEvent.via != "reconcile")
+    ).one()
+    total_events, via_fallback, unmatched, duplicates, late, unparseable = event_rows
+    return {
+        "since": since.isoformat() if since else None,
+        "total": sum(counts.values()),
+        "counts": counts,
+        "deliveryRate": (counts["delivered"] / finished) if finished else None,
+        "timeToReceipt": {
+            "count": timed,
+            "p50": _percentile(session, base, timed, 0.50),
+            "p95": _percentile(session, base, timed, 0.95),
+        },
+        "events": {
+            "total": total_events,
+            "viaFallback": via_fallback,
+            "fallbackShare": (via_fallback / total_events) if total_events else None,
+            "unmatched": unmatched,
+            "duplicates": duplicates,
+            "late": late,
+            "unparseable": unparseable,
+        },
+    }
