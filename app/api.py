@@ -16,9 +16,9 @@ from sqlalchemy.exc import IntegrityError
 from . import messaging, queries
 from .errors import ApiError
 from .extensions import db
-from .ids import is_carrier_id
 from .metrics import API_MESSAGES
 from .models import CallbackEvent, IdempotencyKey, Message
+from .reconcile import find_message, reconcile
 from .schemas import (
     BatchItemSchema,
     CatapultErrorSchema,
@@ -186,18 +186,7 @@ def _location(message_id: str) -> str:
 
 
 def _find_message(message_id: str) -> Message:
-    if is_carrier_id(message_id):
-        message = db.session.scalar(
-            select(Message).where(Message.carrier_message_id == message_id)
-        )
-    else:
-        message = db.session.get(Message, message_id)
-    if message is None:
-        raise ApiError(
-            404, "not-found", "message-not-found",
-            f"No message with id '{message_id}' (relay id or carrier id).",
-        )
-    return message
+    return find_message(db.session, message_id)
 
 
 def _detail(message: Message) -> dict:
@@ -234,27 +223,9 @@ def get_message(message_id):
 @bp.alt_response(409, schema=CatapultErrorSchema)
 def reconcile_message(message_id):
     """Ask the carrier for the message now; its answer is stored as a ``reconcile`` event."""
-    message = _find_message(message_id)
-    if not message.carrier_message_id:
-        raise ApiError(
-            409, "conflict", "no-carrier-id",
-            f"Message '{message.id}' has no carrier id yet (status '{message.status}'): "
-            "the carrier cannot be asked about it.",
-        )
-    from .catapult import CatapultError, client_for
+    from .catapult import client_for
 
-    carrier_id = message.carrier_message_id
-    db.session.rollback()  # no transaction held open across the carrier call
-    try:
-        resource = client_for(current_app).get_message(carrier_id)
-    except CatapultError as exc:
-        raise ApiError(
-            502, "unavailable", "carrier-error",
-            f"The carrier did not answer the reconcile: {exc}",
-        ) from None
-    messaging.lock_for_write(db.session)
-    message = _find_message(message_id)
-    messaging.record_reconcile(db.session, message, resource)
+    message = reconcile(db.session, client_for(current_app), message_id)
     db.session.commit()
     return jsonify(_detail(message))
 

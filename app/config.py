@@ -88,7 +88,7 @@ def load_settings(env: dict | None = None, instance_path: str | None = None) -> 
     elif not _url_ok(public):
         errors.append(f"PUBLIC_BASE_URL must be an http(s) URL, got {public!r}")
     fallback = env.get("FALLBACK_BASE_URL") or public
-    if fallback and not _url_ok(fallback):
+    if env.get("FALLBACK_BASE_URL") and not _url_ok(fallback):
         errors.append(f"FALLBACK_BASE_URL must be an http(s) URL, got {fallback!r}")
     api_url = env.get("CATAPULT_API_URL") or DEFAULT_CATAPULT_API_URL
     if not _url_ok(api_url):
