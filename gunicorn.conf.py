@@ -14,3 +14,12 @@ keepalive = 5
 accesslog = None
 errorlog = "-"
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+
+def post_worker_init(worker):
+    """Start the inline dispatcher as soon as a worker is ready, not on its first request
+    (messages queued before a restart must not wait for traffic). Threads start after the
+    fork, never in the master."""
+    inline = worker.wsgi.extensions.get("relay_inline_dispatcher")
+    if inline is not None:
+        inline.ensure_started()

@@ -8,10 +8,7 @@ from flask import Flask
 def register_commands(app: Flask) -> None:
     """Attach the relay's commands to ``app.cli``."""
     from .dispatcher import dispatch_command
+    from .sandbox.cli import sandbox_command
 
     app.cli.add_command(dispatch_command)
-    try:  # TEMP until the sandbox lands
-        from .sandbox.cli import sandbox_command
-        app.cli.add_command(sandbox_command)
-    except ImportError:
-        pass
+    app.cli.add_command(sandbox_command)

@@ -1,0 +1,46 @@
+"""Real HTTP servers for end-to-end tests: a WSGI app on 127.0.0.1, on a port the OS picks."""
+
+from __future__ import annotations
+
+import threading
+
+from werkzeug.serving import WSGIRequestHandler, make_server
+
+
+class QuietHandler(WSGIRequestHandler):
+    """No access-log line per request (errors are still logged)."""
+
+    def log_request(self, code="-", size="-"):
+        pass
+
+
+class LateApp:
+    """A WSGI app whose target is set after the server is bound (the relay's own URL is part
+    of its configuration, and the port is only known once the socket exists)."""
+
+    def __init__(self) -> None:
+        self.target = None
+
+    def __call__(self, environ, start_response):
+        return self.target(environ, start_response)
+
+
+class ServedApp:
+    """Serve a WSGI app over real HTTP in a background thread until ``stop()``."""
+
+    def __init__(self) -> None:
+        self.late = LateApp()
+        self.server = make_server("127.0.0.1", 0, self.late, threaded=True,
+                                  request_handler=QuietHandler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def start(self, app) -> ServedApp:
+        self.late.target = app
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
