@@ -99,7 +99,7 @@ def load_settings(env: dict | None = None, instance_path: str | None = None) -> 
         errors.append(f"RECEIPT_REQUESTED must be none, all or error, got {receipt!r}")
     dispatch = (env.get("DISPATCH") or "inline").lower()
     if dispatch not in ("inline", "worker", "off"):
-        errors.append(f"DISPATCH must be inline or worker, got {dispatch!r}")
+        errors.append(f"DISPATCH must be inline, worker or off, got {dispatch!r}")
 
     api_keys_raw = env.get("API_KEYS") or ""
     api_keys = [k.strip() for k in api_keys_raw.split(",") if k.strip()]

@@ -22,7 +22,8 @@ OUTBOUND_STATES = ("queued", "sending", "sent", "error")
 def lock_for_write(session: Session) -> None:
     """Start the transaction as a writer. SQLite: ``BEGIN IMMEDIATE`` takes the database write
     lock up front (a deferred transaction that reads and then writes can fail with
-    SQLITE_BUSY_SNAPSHOT under WAL). PostgreSQL locks the message row with ``FOR UPDATE`` (which SQLite's compiler omits)."""
+    SQLITE_BUSY_SNAPSHOT under WAL). PostgreSQL locks the message row with ``FOR UPDATE``
+    instead (SQLite's compiler leaves that clause out)."""
     conn = session.connection()
     if conn.dialect.name == "sqlite" and not conn.connection.dbapi_connection.in_transaction:
         conn.exec_driver_sql("BEGIN IMMEDIATE")

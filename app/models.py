@@ -12,6 +12,9 @@ from sqlalchemy.types import TypeDecorator
 from .extensions import db
 from .ids import new_id
 
+# Python None is SQL NULL (not the JSON text 'null'), so "IS NULL" filters mean what they say.
+JSON_NULLABLE = JSON(none_as_null=True)
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -63,7 +66,7 @@ class Message(db.Model):
     from_number: Mapped[str] = mapped_column(String(40))
     to_number: Mapped[str] = mapped_column(String(40))
     text: Mapped[str | None] = mapped_column(Text)
-    media: Mapped[list[str] | None] = mapped_column(JSON)
+    media: Mapped[list[str] | None] = mapped_column(JSON_NULLABLE)
     tag: Mapped[str | None] = mapped_column(Text)
     receipt_requested: Mapped[str | None] = mapped_column(String(8))
     callback_http_method: Mapped[str] = mapped_column(String(4), default="POST")
@@ -75,7 +78,7 @@ class Message(db.Model):
     delivery_code: Mapped[int | None] = mapped_column(Integer)
     delivery_description: Mapped[str | None] = mapped_column(Text)
     segment_count: Mapped[int | None] = mapped_column(Integer)
-    error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON_NULLABLE)
     # deliveryState and deliveryCode disagree (e.g. delivered with a non-zero code): kept, flagged.
     code_mismatch: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
@@ -89,8 +92,8 @@ class Message(db.Model):
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     claimed_by: Mapped[str | None] = mapped_column(String(80))
     # The last carrier exchange for this message (credentials redacted), for the timeline.
-    carrier_request: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    carrier_response: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    carrier_request: Mapped[dict[str, Any] | None] = mapped_column(JSON_NULLABLE)
+    carrier_response: Mapped[dict[str, Any] | None] = mapped_column(JSON_NULLABLE)
     reconciled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
@@ -117,7 +120,7 @@ class CallbackEvent(db.Model):
     raw: Mapped[str] = mapped_column(Text)
     content_type: Mapped[str | None] = mapped_column(String(120))
     user_agent: Mapped[str | None] = mapped_column(String(200))
-    payload: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JSON_NULLABLE)
     message_id: Mapped[str | None] = mapped_column(ForeignKey("messages.id"))
     carrier_message_id: Mapped[str | None] = mapped_column(String(64), index=True)
     tag: Mapped[str | None] = mapped_column(Text)

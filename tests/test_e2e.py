@@ -7,6 +7,7 @@ every callback the sandbox saw answered 2xx exactly once per attempt.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections import Counter
@@ -34,11 +35,11 @@ class Relay:
     def __init__(self, tmp_path, sandbox: SandboxServer, **config):
         self.served = ServedApp()
         url = self.served.url
-        self.app = create_app(make_config(
-            tmp_path, PUBLIC_BASE_URL=url, FALLBACK_BASE_URL=url,
-            CATAPULT_API_URL=sandbox.url, CATAPULT_USER_ID=sandbox.user_id,
-            CATAPULT_API_TOKEN=sandbox.token, CATAPULT_API_SECRET=sandbox.secret,
-            CALLBACK_TIMEOUT_MS=3000, **config))
+        settings = {"PUBLIC_BASE_URL": url, "FALLBACK_BASE_URL": url,
+                    "CATAPULT_API_URL": sandbox.url, "CATAPULT_USER_ID": sandbox.user_id,
+                    "CATAPULT_API_TOKEN": sandbox.token, "CATAPULT_API_SECRET": sandbox.secret,
+                    "CALLBACK_TIMEOUT_MS": 3000, **config}
+        self.app = create_app(make_config(tmp_path, **settings))
         with self.app.app_context():
             db.create_all()
         self.served.start(self.app)
@@ -183,3 +184,29 @@ def test_early_events_are_attached(tmp_path):
         assert event.message_id is not None  # attached, by tag at once or after parking
     known = {m.carrier_message_id for m in messages}
     assert {t["id"] for t in truth if t["direction"] == "out"} <= known
+
+
+def test_dropped_receipts_are_recovered_by_the_reconciler(tmp_path):
+    """Primary down for half the events and no fallback listening: the carrier drops them
+    (one try each, catapult-v1.md §3); the reconciler's GET message recovers the truth."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    with SandboxServer(scenario="perfect", seed=5, primary_outage_share=0.5) as sandbox:
+        relay = Relay(tmp_path, sandbox, FALLBACK_BASE_URL=dead, RECONCILE_AFTER_S=1)
+        try:
+            relay.send([{**SMS, "to": f"+1919555{3000 + i:04d}"} for i in range(12)])
+            relay.wait_dispatched()
+            sandbox.wait_idle(timeout=30)
+            attempts = requests.get(f"{sandbox.url}/sandbox/callbacks", timeout=10).json()
+            assert any(a["outcome"] == "dropped" for a in attempts["callbacks"])
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if all(m.status == "delivered" for m in relay.messages()):
+                    break
+                time.sleep(0.2)
+            assert [m.status for m in relay.messages()] == ["delivered"] * 12
+            reconciled = [e for e in relay.events() if e.via == "reconcile"]
+            assert reconciled and all(e.applied or e.duplicate for e in reconciled)
+        finally:
+            relay.close()

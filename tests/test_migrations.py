@@ -12,7 +12,6 @@ from app.extensions import db
 from tests.conftest import make_config
 
 
-
 def _diff(app):
     with app.app_context(), db.engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
