@@ -14,6 +14,7 @@ from .config import ConfigError, load_settings
 def create_app(config: dict | None = None) -> Flask:
     """Build the relay: settings, extensions, blueprints, error envelope, CLI, dispatcher."""
     app = Flask(__name__, instance_relative_config=True)
+    app.json.sort_keys = False  # keep the resources' field order, as documented
     register_config(app, config)
     register_extensions(app)
     register_blueprints(app)
@@ -40,7 +41,6 @@ def register_config(app: Flask, config: dict | None) -> None:
         OPENAPI_URL_PREFIX="/api",
         OPENAPI_JSON_PATH="openapi.json",
         SQLALCHEMY_ENGINE_OPTIONS={},
-        JSON_SORT_KEYS=False,
     )
     if config:
         app.config.update(config)

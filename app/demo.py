@@ -118,10 +118,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="stop after this many seconds (0: run until Ctrl-C)")
     parser.add_argument("--scenario", default="realistic")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--instance", type=Path, default=ROOT / "instance",
+                        help="folder for the database and the server logs")
     args = parser.parse_args(argv)
 
-    instance = ROOT / "instance"
-    instance.mkdir(exist_ok=True)
+    instance = args.instance.resolve()
+    instance.mkdir(parents=True, exist_ok=True)
     database = instance / "demo.sqlite3"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{database}{suffix}").unlink(missing_ok=True)
@@ -168,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                     env, instance / "relay.log")
         wait_until_up(f"{sandbox}/sandbox/messages")
         wait_until_up(f"{relay}/readyz")
-        print(f"Catapult sandbox ({args.scenario}): {sandbox}   log: instance/sandbox.log")
-        print(f"Relay (gunicorn, 2 workers):  {relay}   log: instance/relay.log")
+        print(f"Catapult sandbox ({args.scenario}): {sandbox}   log: {instance}/sandbox.log")
+        print(f"Relay (gunicorn, 2 workers):  {relay}   log: {instance}/relay.log")
         print(f"API key (Bearer):  {creds['API_KEYS']}")
         print(f"Dashboard:         {relay}/dashboard   user admin, "
               f"password {creds['DASHBOARD_PASSWORD']}")
