@@ -88,12 +88,13 @@ def register_extensions(app: Flask) -> None:
 
 def register_blueprints(app: Flask) -> None:
     from . import api as api_views
-    from . import callbacks, ops
+    from . import callbacks, dashboard, ops
     from .extensions import api
 
     api.register_blueprint(api_views.bp)
     api_views.register_openapi_components(api)
     app.register_blueprint(callbacks.bp)
+    app.register_blueprint(dashboard.bp)
     app.register_blueprint(ops.bp)
 
 

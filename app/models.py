@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, mapped_column, relationship, validates
 from sqlalchemy.types import TypeDecorator
 
 from .extensions import db
@@ -14,6 +15,13 @@ from .ids import new_id
 
 # Python None is SQL NULL (not the JSON text 'null'), so "IS NULL" filters mean what they say.
 JSON_NULLABLE = JSON(none_as_null=True)
+
+
+def tag_key(tag: str | None) -> str | None:
+    """The indexed form of a user's tag (see ``Message.tag_key``)."""
+    if tag is None or len(tag) <= 64:
+        return tag
+    return "sha256:" + hashlib.sha256(tag.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def utcnow() -> datetime:
@@ -68,6 +76,9 @@ class Message(db.Model):
     text: Mapped[str | None] = mapped_column(Text)
     media: Mapped[list[str] | None] = mapped_column(JSON_NULLABLE)
     tag: Mapped[str | None] = mapped_column(Text)
+    # The tag as an index key: itself when short, else its SHA-256 (a tag has no maximum length,
+    # and a btree entry does: PostgreSQL refuses index rows over a few kB).
+    tag_key: Mapped[str | None] = mapped_column(String(80))
     receipt_requested: Mapped[str | None] = mapped_column(String(8))
     callback_http_method: Mapped[str] = mapped_column(String(4), default="POST")
     callback_timeout: Mapped[int | None] = mapped_column(Integer)
@@ -104,8 +115,13 @@ class Message(db.Model):
         Index("ix_messages_status_id", "status", "id"),
         Index("ix_messages_from_id", "from_number", "id"),
         Index("ix_messages_to_id", "to_number", "id"),
-        Index("ix_messages_tag_id", "tag", "id"),
+        Index("ix_messages_tag_key_id", "tag_key", "id"),
     )
+
+    @validates("tag")
+    def _keep_tag_key(self, _name: str, value: str | None) -> str | None:
+        self.tag_key = tag_key(value)
+        return value
 
 
 class CallbackEvent(db.Model):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
-from .models import STATUSES, CallbackEvent, Message
+from .models import STATUSES, CallbackEvent, Message, tag_key
 from .schemas import EventSchema
 
 event_schema = EventSchema()
@@ -15,18 +15,25 @@ event_schema = EventSchema()
 MESSAGE_FILTERS = {
     "status": Message.status,
     "direction": Message.direction,
-    "tag": Message.tag,
     "from_": Message.from_number,
     "to": Message.to_number,
 }
 
 
+def message_condition(name: str, value):
+    """The WHERE clause for one equality filter of the message list (``tag`` goes through its
+    indexed key, then compares the full text)."""
+    if name == "tag":
+        return and_(Message.tag_key == tag_key(value), Message.tag == value)
+    return MESSAGE_FILTERS[name] == value
+
+
 def list_messages(session: Session, filters: dict, limit: int, after: str | None = None):
     """Newest first (ids sort by creation time); ``after`` is the last id of the previous page."""
     stmt = select(Message)
-    for name, column in MESSAGE_FILTERS.items():
+    for name in (*MESSAGE_FILTERS, "tag"):
         if filters.get(name) is not None:
-            stmt = stmt.where(column == filters[name])
+            stmt = stmt.where(message_condition(name, filters[name]))
     if filters.get("since") is not None:
         stmt = stmt.where(Message.created_at >= filters["since"])
     if filters.get("until") is not None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import os
+import uuid
 
 import pytest
 
 from app import create_app
 from app.extensions import db
+from tests import pg
 
 API_KEY = "test-api-key"
 CALLBACK_USER = "cb-user"
@@ -37,9 +40,61 @@ def make_config(tmp_path, **overrides):
     return config
 
 
+def pytest_addoption(parser):
+    parser.addoption("--backends", default="sqlite,postgresql",
+                     help="database backends for modules marked 'both_backends'")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "both_backends: run this module's database tests on SQLite and PostgreSQL"
+    )
+
+
+def pytest_generate_tests(metafunc):
+    """Modules marked ``both_backends`` run every test that touches the database twice."""
+    if "db_url" not in metafunc.fixturenames:
+        return
+    backends = ["sqlite"]
+    if metafunc.definition.get_closest_marker("both_backends"):
+        backends = metafunc.config.getoption("--backends").split(",")
+    metafunc.parametrize("backend", backends, indirect=True)
+
+
 @pytest.fixture
-def app(tmp_path):
-    app = create_app(make_config(tmp_path))
+def backend(request):
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server: RELAY_TEST_POSTGRES_URL, or a temporary cluster."""
+    url = os.environ.get("RELAY_TEST_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    cluster = pg.TempCluster()
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def db_url(backend, tmp_path, request):
+    """The database of one test: a fresh SQLite file, or a fresh PostgreSQL schema."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'relay.sqlite3'}"
+        return
+    server = request.getfixturevalue("postgres_server")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    yield pg.create_schema(server, schema)
+    pg.drop_schema(server, schema)
+
+
+@pytest.fixture
+def app(tmp_path, db_url):
+    app = create_app(make_config(tmp_path, DATABASE_URL=db_url))
     with app.app_context():
         db.create_all()
     yield app

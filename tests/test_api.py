@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -10,6 +11,8 @@ from sqlalchemy import func, select
 from app import messaging
 from app.extensions import db
 from app.models import Message
+
+pytestmark = pytest.mark.both_backends
 
 SMS = {"from": "+15555550100", "to": "+15555550101", "text": "hello"}
 
@@ -249,3 +252,14 @@ def test_health_and_readiness(client):
     assert client.get("/healthz").get_json() == {"status": "ok"}
     assert client.get("/readyz").get_json() == {"status": "ok"}
     assert b"relay_callbacks_total" in client.get("/metrics").data
+
+
+def test_a_tag_of_any_length_is_stored_and_found(client, auth):
+    """Tags have no maximum (catapult-v1.md §1): one far over an index entry's limit works."""
+    tag = secrets.token_hex(6000)  # 12,000 incompressible characters
+    created = client.post("/api/messages", json={**SMS, "tag": tag}, headers=auth)
+    assert created.status_code == 201
+    client.post("/api/messages", json={**SMS, "tag": tag[:-1]}, headers=auth)
+    found = client.get("/api/messages", query_string={"tag": tag}, headers=auth).get_json()
+    assert [m["id"] for m in found["items"]] == [created.get_json()["id"]]
+    assert found["items"][0]["tag"] == tag

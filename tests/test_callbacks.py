@@ -13,6 +13,8 @@ from app.extensions import db
 from app.models import CallbackEvent, Message, utcnow
 from tests.conftest import CALLBACK_PASSWORD, CALLBACK_USER, basic
 
+pytestmark = pytest.mark.both_backends
+
 PATHS = {"primary": "/callbacks/catapult", "fallback": "/callbacks/catapult/fallback"}
 
 

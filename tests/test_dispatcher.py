@@ -34,6 +34,8 @@ from tests.conftest import make_config
 
 BASE = "http://carrier.test"
 
+pytestmark = pytest.mark.both_backends
+
 
 class Clock:
     """A fake monotonic clock."""
@@ -117,11 +119,11 @@ class Carrier:
 
 
 @pytest.fixture
-def make_app(tmp_path):
+def make_app(tmp_path, db_url):
     apps = []
 
     def build(**overrides):
-        app = create_app(make_config(tmp_path, **overrides))
+        app = create_app(make_config(tmp_path, DATABASE_URL=db_url, **overrides))
         with app.app_context():
             db.create_all()
         apps.append(app)

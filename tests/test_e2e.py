@@ -25,6 +25,8 @@ from app.sandbox.server import SandboxServer
 from tests.conftest import API_KEY, make_config
 from tests.servers import ServedApp
 
+pytestmark = pytest.mark.both_backends
+
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 SMS = {"from": "+19195550100", "text": "hello"}
 
@@ -32,13 +34,13 @@ SMS = {"from": "+19195550100", "text": "hello"}
 class Relay:
     """The relay app served on loopback with its dispatcher running, pointed at ``sandbox``."""
 
-    def __init__(self, tmp_path, sandbox: SandboxServer, **config):
+    def __init__(self, tmp_path, db_url, sandbox: SandboxServer, **config):
         self.served = ServedApp()
         url = self.served.url
         settings = {"PUBLIC_BASE_URL": url, "FALLBACK_BASE_URL": url,
                     "CATAPULT_API_URL": sandbox.url, "CATAPULT_USER_ID": sandbox.user_id,
                     "CATAPULT_API_TOKEN": sandbox.token, "CATAPULT_API_SECRET": sandbox.secret,
-                    "CALLBACK_TIMEOUT_MS": 3000, **config}
+                    "CALLBACK_TIMEOUT_MS": 3000, "DATABASE_URL": db_url, **config}
         self.app = create_app(make_config(tmp_path, **settings))
         with self.app.app_context():
             db.create_all()
@@ -112,9 +114,9 @@ def attempt_key(via, method, payload):
             payload.get("deliveryState"), code)
 
 
-def run(tmp_path, scenario, **knobs):
+def run(tmp_path, db_url, scenario, **knobs):
     with SandboxServer(scenario=scenario, seed=11, **knobs) as sandbox:
-        relay = Relay(tmp_path, sandbox)
+        relay = Relay(tmp_path, db_url, sandbox)
         try:
             traffic(relay)
             relay.wait_dispatched()
@@ -127,8 +129,8 @@ def run(tmp_path, scenario, **knobs):
 
 
 @pytest.mark.parametrize("scenario", ["perfect", "realistic", "hostile"])
-def test_relay_converges_to_the_sandbox_truth(tmp_path, scenario):
-    truth, attempts, messages, events = run(tmp_path, scenario)
+def test_relay_converges_to_the_sandbox_truth(tmp_path, db_url, scenario):
+    truth, attempts, messages, events = run(tmp_path, db_url, scenario)
     outbound = {m.id: m for m in messages if m.direction == "out"}
     assert len(outbound) == 63
     sent = [t for t in truth if t["direction"] == "out"]
@@ -163,8 +165,8 @@ def test_relay_converges_to_the_sandbox_truth(tmp_path, scenario):
             assert message.status == ("delivered" if wants_receipt else "sent"), message.id
 
 
-def test_fallback_deliveries_are_recorded_as_fallback(tmp_path):
-    truth, attempts, messages, events = run(tmp_path, "perfect", primary_outage_share=0.5)
+def test_fallback_deliveries_are_recorded_as_fallback(tmp_path, db_url):
+    truth, attempts, messages, events = run(tmp_path, db_url, "perfect", primary_outage_share=0.5)
     via_fallback = [a for a in attempts if a["via"] == "fallback" and a["statusCode"] == 200]
     assert via_fallback, "the sandbox should have pushed some events to the fallback"
     stored = Counter(e.via for e in events)
@@ -174,8 +176,8 @@ def test_fallback_deliveries_are_recorded_as_fallback(tmp_path):
     assert all(m.status in ("delivered", "sent") for m in messages if m.direction == "out")
 
 
-def test_early_events_are_attached(tmp_path):
-    truth, attempts, messages, events = run(tmp_path, "perfect", early_share=1.0)
+def test_early_events_are_attached(tmp_path, db_url):
+    truth, attempts, messages, events = run(tmp_path, db_url, "perfect", early_share=1.0)
     early = [a for a in attempts if a["early"] and a["statusCode"] == 200]
     assert early, "the sandbox should have sent events before its send response"
     by_key = {attempt_key(e.via, e.method, e.payload or {}): e for e in events}
@@ -186,14 +188,14 @@ def test_early_events_are_attached(tmp_path):
     assert {t["id"] for t in truth if t["direction"] == "out"} <= known
 
 
-def test_dropped_receipts_are_recovered_by_the_reconciler(tmp_path):
+def test_dropped_receipts_are_recovered_by_the_reconciler(tmp_path, db_url):
     """Primary down for half the events and no fallback listening: the carrier drops them
     (one try each, catapult-v1.md §3); the reconciler's GET message recovers the truth."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
     with SandboxServer(scenario="perfect", seed=5, primary_outage_share=0.5) as sandbox:
-        relay = Relay(tmp_path, sandbox, FALLBACK_BASE_URL=dead, RECONCILE_AFTER_S=1)
+        relay = Relay(tmp_path, db_url, sandbox, FALLBACK_BASE_URL=dead, RECONCILE_AFTER_S=1)
         try:
             relay.send([{**SMS, "to": f"+1919555{3000 + i:04d}"} for i in range(12)])
             relay.wait_dispatched()

@@ -13,6 +13,8 @@ from app.extensions import db
 from app.models import CallbackEvent, Message, utcnow
 from app.reconcile import reconcile_stale
 
+pytestmark = pytest.mark.both_backends
+
 SMS = {"from": "+15555550100", "to": "+15555550101", "text": "hi"}
 
 

@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: 907ddeb68a24
+Revision ID: f386a80eb549
 Revises: 
-Create Date: 2026-11-28 07:44:59.851689
+Create Date: 2026-11-28 08:19:58.256370
 
 """
 from alembic import op
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 
 # revision identifiers, used by Alembic.
-revision = '907ddeb68a24'
+revision = 'f386a80eb549'
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -40,8 +40,9 @@ def upgrade():
     sa.Column('from_number', sa.String(length=40), nullable=False),
     sa.Column('to_number', sa.String(length=40), nullable=False),
     sa.Column('text', sa.Text(), nullable=True),
-    sa.Column('media', sa.JSON(), nullable=True),
+    sa.Column('media', sa.JSON(none_as_null=True), nullable=True),
     sa.Column('tag', sa.Text(), nullable=True),
+    sa.Column('tag_key', sa.String(length=80), nullable=True),
     sa.Column('receipt_requested', sa.String(length=8), nullable=True),
     sa.Column('callback_http_method', sa.String(length=4), nullable=False),
     sa.Column('callback_timeout', sa.Integer(), nullable=True),
@@ -52,7 +53,7 @@ def upgrade():
     sa.Column('delivery_code', sa.Integer(), nullable=True),
     sa.Column('delivery_description', sa.Text(), nullable=True),
     sa.Column('segment_count', sa.Integer(), nullable=True),
-    sa.Column('error', sa.JSON(), nullable=True),
+    sa.Column('error', sa.JSON(none_as_null=True), nullable=True),
     sa.Column('code_mismatch', sa.Boolean(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
@@ -62,8 +63,8 @@ def upgrade():
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('next_attempt_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('claimed_by', sa.String(length=80), nullable=True),
-    sa.Column('carrier_request', sa.JSON(), nullable=True),
-    sa.Column('carrier_response', sa.JSON(), nullable=True),
+    sa.Column('carrier_request', sa.JSON(none_as_null=True), nullable=True),
+    sa.Column('carrier_response', sa.JSON(none_as_null=True), nullable=True),
     sa.Column('reconciled_at', sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_messages')),
     sa.UniqueConstraint('carrier_message_id', name=op.f('uq_messages_carrier_message_id'))
@@ -73,7 +74,7 @@ def upgrade():
         batch_op.create_index('ix_messages_from_id', ['from_number', 'id'], unique=False)
         batch_op.create_index('ix_messages_status_id', ['status', 'id'], unique=False)
         batch_op.create_index('ix_messages_status_next_attempt', ['status', 'next_attempt_at'], unique=False)
-        batch_op.create_index('ix_messages_tag_id', ['tag', 'id'], unique=False)
+        batch_op.create_index('ix_messages_tag_key_id', ['tag_key', 'id'], unique=False)
         batch_op.create_index('ix_messages_to_id', ['to_number', 'id'], unique=False)
 
     op.create_table('callback_events',
@@ -84,7 +85,7 @@ def upgrade():
     sa.Column('raw', sa.Text(), nullable=False),
     sa.Column('content_type', sa.String(length=120), nullable=True),
     sa.Column('user_agent', sa.String(length=200), nullable=True),
-    sa.Column('payload', sa.JSON(), nullable=True),
+    sa.Column('payload', sa.JSON(none_as_null=True), nullable=True),
     sa.Column('message_id', sa.String(length=40), nullable=True),
     sa.Column('carrier_message_id', sa.String(length=64), nullable=True),
     sa.Column('tag', sa.Text(), nullable=True),
@@ -122,7 +123,7 @@ def downgrade():
     op.drop_table('callback_events')
     with op.batch_alter_table('messages', schema=None) as batch_op:
         batch_op.drop_index('ix_messages_to_id')
-        batch_op.drop_index('ix_messages_tag_id')
+        batch_op.drop_index('ix_messages_tag_key_id')
         batch_op.drop_index('ix_messages_status_next_attempt')
         batch_op.drop_index('ix_messages_status_id')
         batch_op.drop_index('ix_messages_from_id')
