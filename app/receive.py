@@ -20,6 +20,7 @@ from sqlalchemy import bindparam, exists, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from .db_setup import acquire_write_lock
 from .ids import is_carrier_id, new_id
 from .models import STATUS_RANK, CallbackEvent, Message, utcnow
 
@@ -39,6 +40,7 @@ def lock_for_write(target: Session | Connection) -> Connection:
     instead (SQLite's compiler leaves that clause out)."""
     conn = connection_of(target)
     if conn.dialect.name == "sqlite" and not conn.connection.dbapi_connection.in_transaction:
+        acquire_write_lock(conn.connection.info)
         conn.exec_driver_sql("BEGIN IMMEDIATE")
     return conn
 
