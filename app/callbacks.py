@@ -52,16 +52,12 @@ def _receive(via: str) -> Response:
             {"WWW-Authenticate": 'Basic realm="callbacks"'},
             mimetype="application/json",
         )
+    # GET callbacks carry the event as query parameters, POST ones as JSON (catapult-v1.md §3).
     if request.method == "GET":
-        # GET callbacks carry the event as query parameters (catapult-v1.md §3).
         raw = request.query_string.decode("utf-8", "replace")
-        payload = request.args.to_dict() if raw else None
     else:
         raw = request.get_data(as_text=True)
-        try:
-            payload = json.loads(raw)
-        except ValueError:
-            payload = None
+    payload = receive.parse_raw(request.method, raw)
     # A plain Core connection, not the ORM session: one short transaction, nothing else.
     with db.engine.connect() as conn:
         stored = receive.store_event(

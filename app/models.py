@@ -136,7 +136,6 @@ class CallbackEvent(db.Model):
     raw: Mapped[str] = mapped_column(Text)
     content_type: Mapped[str | None] = mapped_column(String(120))
     user_agent: Mapped[str | None] = mapped_column(String(200))
-    payload: Mapped[dict[str, Any] | None] = mapped_column(JSON_NULLABLE)
     message_id: Mapped[str | None] = mapped_column(ForeignKey("messages.id"))
     carrier_message_id: Mapped[str | None] = mapped_column(String(64), index=True)
     tag: Mapped[str | None] = mapped_column(Text)
@@ -159,6 +158,14 @@ class CallbackEvent(db.Model):
         # A message's timeline, and (message_id IS NULL) the unmatched events, in id order.
         Index("ix_callback_events_message_id_id", "message_id", "id"),
     )
+
+    @property
+    def payload(self) -> dict[str, Any] | None:
+        """The event's fields, parsed from ``raw`` (the one stored copy): query parameters for a
+        GET callback, the JSON object otherwise; None when it cannot be parsed."""
+        from .receive import parse_raw
+
+        return parse_raw(self.method, self.raw)
 
     # Declared so the unit of work inserts a new (inbound) message before its first event.
     message: Mapped[Message | None] = relationship(lazy="raise")

@@ -12,9 +12,11 @@ reconciliation, so every path applies events the same way.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import parse_qsl
 
 from sqlalchemy import bindparam, exists, insert, select, update
 from sqlalchemy.engine import Connection
@@ -103,6 +105,20 @@ def event_status(state: str | None, delivery_state: str | None) -> str | None:
     if state in ("queued", "sending"):
         return "accepted"
     return None
+
+
+def parse_raw(method: str, raw: str | None) -> dict[str, Any] | None:
+    """An event's fields from its raw form: GET callbacks carry them as query parameters
+    (catapult-v1.md §3; the first value of a repeated name wins), POST ones as a JSON object."""
+    if not raw:
+        return None
+    if method == "GET":
+        return dict(reversed(parse_qsl(raw, keep_blank_values=True))) or None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def event_columns(payload: Any) -> dict[str, Any]:
@@ -255,7 +271,6 @@ def store_event(target: Session | Connection, *, via: str, method: str, raw: str
     row = {
         "received_at": now, "via": via, "method": method, "raw": raw,
         "content_type": content_type, "user_agent": user_agent,
-        "payload": payload if isinstance(payload, dict) else None,
         "carrier_message_id": None, "tag": None, "event_type": None, "direction": None,
         "state": None, "delivery_state": None, "delivery_code": None, "message_id": None,
         "applied": False, "status_after": None, "duplicate": False, "late": False,
@@ -333,7 +348,7 @@ def attach_parked(session: Session, message_id: str, carrier_id: str | None, now
         return 0
     conn = session.connection()
     parked = conn.execute(
-        select(E.c.id, E.c.state, E.c.delivery_state, E.c.delivery_code, E.c.payload,
+        select(E.c.id, E.c.state, E.c.delivery_state, E.c.delivery_code, E.c.method, E.c.raw,
                E.c.received_at, E.c.carrier_message_id)
         .where(E.c.carrier_message_id == carrier_id, E.c.message_id.is_(None),
                E.c.parked.is_(True))
@@ -345,7 +360,7 @@ def attach_parked(session: Session, message_id: str, carrier_id: str | None, now
                   "d_delivery_code": event.delivery_code}
         message = conn.execute(_BY_ID, {"key": message_id, **params}).first()
         row = dict(event._mapping)
-        decision = _apply(conn, message, row, event.payload or {}, now)
+        decision = _apply(conn, message, row, parse_raw(event.method, event.raw) or {}, now)
         flags = {"message_id": message_id, "attached_at": now}
         _flags(flags, decision)
         conn.execute(_UPDATE_EVENT, {"_id": event.id, **flags})

@@ -462,11 +462,10 @@ def test_parked_event_sweep_runs_every_iteration(app):
             CallbackEvent(
                 via="primary",
                 method="POST",
-                raw="{}",
+                raw='{"state": "sent"}',
                 parked=True,
                 carrier_message_id=message.carrier_message_id,
                 state="sent",
-                payload={"state": "sent"},
             )
         )
         db.session.commit()

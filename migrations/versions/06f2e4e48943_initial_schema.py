@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: f386a80eb549
+Revision ID: 06f2e4e48943
 Revises: 
-Create Date: 2026-11-28 08:19:58.256370
+Create Date: 2026-11-28 08:31:46.437044
 
 """
 from alembic import op
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 
 # revision identifiers, used by Alembic.
-revision = 'f386a80eb549'
+revision = '06f2e4e48943'
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -85,7 +85,6 @@ def upgrade():
     sa.Column('raw', sa.Text(), nullable=False),
     sa.Column('content_type', sa.String(length=120), nullable=True),
     sa.Column('user_agent', sa.String(length=200), nullable=True),
-    sa.Column('payload', sa.JSON(none_as_null=True), nullable=True),
     sa.Column('message_id', sa.String(length=40), nullable=True),
     sa.Column('carrier_message_id', sa.String(length=64), nullable=True),
     sa.Column('tag', sa.Text(), nullable=True),
