@@ -13,7 +13,8 @@ from .config import ConfigError, load_settings
 
 def create_app(config: dict | None = None) -> Flask:
     """Build the relay: settings, extensions, blueprints, error envelope, CLI, dispatcher."""
-    app = Flask(__name__, instance_relative_config=True)
+    # No app-wide /static: the dashboard serves its own assets behind its credentials.
+    app = Flask(__name__, instance_relative_config=True, static_folder=None)
     app.json.sort_keys = False  # keep the resources' field order, as documented
     register_config(app, config)
     register_extensions(app)
