@@ -63,7 +63,7 @@ def require_bearer():
 def _read_body():
     if not request.is_json:
         raise ApiError(
-            415, "bad-request", "unsupported-media-type",
+            400, "bad-request", "unsupported-media-type",
             "Send the message as JSON with 'Content-Type: application/json'.",
         )
     raw = request.get_data(cache=True)

@@ -71,7 +71,7 @@ def test_invalid_single_message_is_400_in_catapult_shape(client, auth, app):
     "data,content_type,code,status",
     [
         (b"{broken", "application/json", "invalid-json", 400),
-        (b"from=+1", "application/x-www-form-urlencoded", "unsupported-media-type", 415),
+        (b"from=+1", "application/x-www-form-urlencoded", "unsupported-media-type", 400),
         (b"", "application/json", "invalid-json", 400),
         (b'"just a string"', "application/json", "validation-error", 400),
     ],
