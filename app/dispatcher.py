@@ -32,7 +32,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import messaging, reconcile
+from . import messaging, reconcile, rollups
 from .catapult import CLIENT_EXTENSION, MAX_BATCH, SendResult, build_client, redact_message
 from .extensions import db
 from .metrics import SENDS
@@ -47,6 +47,7 @@ LEASE_TTL = 5.0
 LEASE_POLL = 1.0
 MAX_HOLDER_SLEEP = 1.0
 RECONCILE_INTERVAL = 5.0  # seconds between two looks for stale messages
+ROLLUP_INTERVAL = 5.0  # seconds between two passes over the stats rollups
 IDLE_POLL = 0.2  # nothing queued: how soon a newly queued message is picked up
 ERROR_PAUSE = 1.0  # after an unexpected error (database down...), before the next iteration
 # Retry backoff: exponential from 1 s, capped at 60 s, "equal jitter" (half fixed, half random).
@@ -169,6 +170,7 @@ class Dispatcher:
         self._idle_wait = IDLE_POLL
         self.reconcile_after_s = float(config.get("RECONCILE_AFTER_S") or 900)
         self._next_reconcile = clock()
+        self._next_rollup = clock()
 
     # ------------------------------------------------------------------ loop
 
@@ -194,6 +196,7 @@ class Dispatcher:
             self._record(batch, results)
             self._dirty = False
         self.reconcile_stale()
+        self.refresh_rollups()
         self._last_handled = len(batch)
         return len(batch)
 
@@ -239,6 +242,17 @@ class Dispatcher:
             self.engine, self.client, after_s=self.reconcile_after_s,
             default_receipt=self.receipt_requested, now=self.wall_clock(),
         )
+
+    def refresh_rollups(self) -> int:
+        """Every ROLLUP_INTERVAL, bring the stats rollups up to date (one short transaction)."""
+        now_m = self.clock()
+        if now_m < self._next_rollup:
+            return 0
+        self._next_rollup = now_m + ROLLUP_INTERVAL
+        with Session(self.engine) as session:
+            covered = rollups.refresh(session, now=self.wall_clock())
+            session.commit()
+        return covered
 
     def release(self) -> None:
         """Give the lease up (clean stop) so a standby takes over at once."""

@@ -93,7 +93,9 @@ class Message(db.Model):
     # deliveryState and deliveryCode disagree (e.g. delivered with a non-zero code): kept, flagged.
     code_mismatch: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    # Indexed: the stats rollups find the messages that changed since their last pass.
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow,
+                                                 index=True)
     accepted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     final_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Seconds from carrier acceptance to the final receipt (kept for percentiles in /api/stats).
@@ -180,6 +182,29 @@ class Lease(db.Model):
     holder: Mapped[str] = mapped_column(String(120))
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     acquired_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Rollup(db.Model):
+    """Counts per 5-minute bucket, kept by the dispatcher's loop so that stats over long
+    windows read a few thousand rows instead of scanning a million (see ``rollups.py``)."""
+
+    __tablename__ = "rollups"
+
+    bucket: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # status | receipt | event
+    key: Mapped[str] = mapped_column(String(32), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
+
+
+class RollupState(db.Model):
+    """How far the rollups reach: buckets before ``covered_until`` are in ``rollups``."""
+
+    __tablename__ = "rollup_state"
+
+    name: Mapped[str] = mapped_column(String(16), primary_key=True)
+    covered_until: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Rows changed (updated_at) or received (received_at) after this are looked at next pass.
+    seen: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class IdempotencyKey(db.Model):

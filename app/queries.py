@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
+from . import rollups
 from .models import STATUSES, CallbackEvent, Message, tag_key
 from .schemas import EventSchema
 
@@ -65,10 +67,10 @@ def list_events(session: Session, filters: dict, limit: int, after: int | None =
 
 
 def _percentile(session: Session, base, count: int, fraction: float) -> float | None:
-    """The nearest-rank percentile of ``receipt_seconds`` among ``count`` rows of ``base``."""
+    """The exact nearest-rank percentile of ``receipt_seconds`` among ``count`` rows."""
     if count == 0:
         return None
-    offset = max(0, min(count - 1, int(round(fraction * count + 0.5)) - 1))
+    offset = max(0, min(count - 1, math.ceil(fraction * count) - 1))
     stmt = (
         select(Message.receipt_seconds)
         .where(*base, Message.receipt_seconds.is_not(None))
@@ -80,46 +82,44 @@ def _percentile(session: Session, base, count: int, fraction: float) -> float | 
 
 
 def stats(session: Session, since: datetime | None) -> dict:
-    """What /api/stats and the dashboard overview show, over messages created since ``since``."""
-    base = [Message.created_at >= since] if since is not None else []
-    rows = session.execute(
-        select(Message.status, func.count()).where(*base).group_by(Message.status)
-    ).all()
-    counts = {status: 0 for status in STATUSES}
-    counts.update({status: n for status, n in rows})
+    """What /api/stats and the dashboard overview show, over messages created (and callbacks
+    received) since ``since``. Complete 5-minute buckets come from the rollups (percentiles then
+    within ~5 %), the rest is counted live, exactly."""
+    covered = rollups.covered_until(session)
+    first = rollups.ceil(since) if since is not None else None
+    if covered is None or (first is not None and first >= covered):
+        statuses, _, events = rollups.counts(session, since, None)
+        base = [Message.created_at >= since] if since is not None else []
+        timed = session.scalar(
+            select(func.count()).where(*base, Message.receipt_seconds.is_not(None))) or 0
+        p50, p95 = (_percentile(session, base, timed, f) for f in (0.50, 0.95))
+    else:
+        statuses, classes, events = rollups.rolled(session, first, covered)
+        live = [(covered, None)] + ([(since, first)] if since is not None and since < first else [])
+        for lo, hi in live:
+            more = rollups.counts(session, lo, hi)
+            statuses, classes, events = statuses + more[0], classes + more[1], events + more[2]
+        timed = sum(classes.values())
+        p50, p95 = (rollups.percentile(classes, f) for f in (0.50, 0.95))
+    counts = {status: statuses.get(status, 0) for status in STATUSES}
     finished = counts["delivered"] + counts["not-delivered"] + counts["error"]
-    timed = session.scalar(
-        select(func.count()).where(*base, Message.receipt_seconds.is_not(None))
-    ) or 0
-    event_base = [CallbackEvent.received_at >= since] if since is not None else []
-    event_rows = session.execute(
-        select(
-            func.count(),
-            func.count().filter(CallbackEvent.via == "fallback"),
-            func.count().filter(CallbackEvent.message_id.is_(None)),
-            func.count().filter(CallbackEvent.duplicate.is_(True)),
-            func.count().filter(CallbackEvent.late.is_(True)),
-            func.count().filter(CallbackEvent.unparseable.is_(True)),
-        ).where(*event_base, CallbackEvent.via != "reconcile")
-    ).one()
-    total_events, via_fallback, unmatched, duplicates, late, unparseable = event_rows
+    unmatched = session.scalar(select(func.count()).where(
+        CallbackEvent.message_id.is_(None),
+        *([CallbackEvent.received_at >= since] if since is not None else []))) or 0
+    total_events = events["total"]
     return {
         "since": since.isoformat() if since else None,
         "total": sum(counts.values()),
         "counts": counts,
         "deliveryRate": (counts["delivered"] / finished) if finished else None,
-        "timeToReceipt": {
-            "count": timed,
-            "p50": _percentile(session, base, timed, 0.50),
-            "p95": _percentile(session, base, timed, 0.95),
-        },
+        "timeToReceipt": {"count": timed, "p50": p50, "p95": p95},
         "events": {
             "total": total_events,
-            "viaFallback": via_fallback,
-            "fallbackShare": (via_fallback / total_events) if total_events else None,
+            "viaFallback": events["fallback"],
+            "fallbackShare": (events["fallback"] / total_events) if total_events else None,
             "unmatched": unmatched,
-            "duplicates": duplicates,
-            "late": late,
-            "unparseable": unparseable,
+            "duplicates": events["duplicate"],
+            "late": events["late"],
+            "unparseable": events["unparseable"],
         },
     }

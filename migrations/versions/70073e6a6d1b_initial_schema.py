@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: 06f2e4e48943
+Revision ID: 70073e6a6d1b
 Revises: 
-Create Date: 2026-11-28 08:31:46.437044
+Create Date: 2026-11-28 08:46:54.402410
 
 """
 from alembic import op
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 
 # revision identifiers, used by Alembic.
-revision = '06f2e4e48943'
+revision = '70073e6a6d1b'
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -76,7 +76,21 @@ def upgrade():
         batch_op.create_index('ix_messages_status_next_attempt', ['status', 'next_attempt_at'], unique=False)
         batch_op.create_index('ix_messages_tag_key_id', ['tag_key', 'id'], unique=False)
         batch_op.create_index('ix_messages_to_id', ['to_number', 'id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_messages_updated_at'), ['updated_at'], unique=False)
 
+    op.create_table('rollup_state',
+    sa.Column('name', sa.String(length=16), nullable=False),
+    sa.Column('covered_until', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('seen', sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('name', name=op.f('pk_rollup_state'))
+    )
+    op.create_table('rollups',
+    sa.Column('bucket', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('kind', sa.String(length=16), nullable=False),
+    sa.Column('key', sa.String(length=32), nullable=False),
+    sa.Column('count', sa.Integer(), nullable=False),
+    sa.PrimaryKeyConstraint('bucket', 'kind', 'key', name=op.f('pk_rollups'))
+    )
     op.create_table('callback_events',
     sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
     sa.Column('received_at', sa.DateTime(timezone=True), nullable=False),
@@ -120,7 +134,10 @@ def downgrade():
         batch_op.drop_index(batch_op.f('ix_callback_events_carrier_message_id'))
 
     op.drop_table('callback_events')
+    op.drop_table('rollups')
+    op.drop_table('rollup_state')
     with op.batch_alter_table('messages', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_messages_updated_at'))
         batch_op.drop_index('ix_messages_to_id')
         batch_op.drop_index('ix_messages_tag_key_id')
         batch_op.drop_index('ix_messages_status_next_attempt')
