@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from datetime import timedelta
 
 import pytest
@@ -13,6 +14,7 @@ from app import messaging, rollups
 from app.extensions import db
 from app.models import CallbackEvent, Message, Rollup, utcnow
 from app.queries import stats
+from tests.conftest import basic
 
 pytestmark = pytest.mark.both_backends
 
@@ -132,3 +134,18 @@ def test_the_dispatcher_loop_keeps_the_rollups(app):
     dispatcher.release()
     with app.app_context():
         assert rollups.covered_until(db.session) >= rollups.floor(utcnow()) - rollups.BUCKET
+
+
+def test_the_overview_chart_reads_the_same_from_rollups(app, client):
+    now = seed(app, hours=20, per_hour=12)
+    dash = basic("dash", "dash-pass")
+
+    def legend():
+        app.extensions.pop("dashboard.cache", None)
+        body = client.get("/dashboard/?window=24h", headers=dash).get_data(as_text=True)
+        return dict(re.findall(r'class="key l-([\w-]+)">[^<]+<b>(\d+)</b>', body))
+
+    live = legend()
+    assert int(live["sent"]) > 0 and int(live["delivered"]) > 0
+    refresh_all(app, now=now)
+    assert legend() == live

@@ -1,0 +1,144 @@
+"""``python -m bench [ingest|api|dispatch|all] [--quick]``: run the benchmarks, print markdown.
+
+Results go to ``bench/results/latest.{md,json}`` (``quick.*`` with --quick; a ``-<name>``
+suffix when one benchmark runs alone). Benchmarks report; they never fail on a missed target.
+Every server they start is stopped on the way out, whatever happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import api_scale, dispatch, ingest, machine
+from .loadgen import ensure_wrk, wrk_version
+from .seed import CACHE
+from .servers import BenchError, stop_all
+
+RESULTS = Path(__file__).resolve().parent / "results"
+NEEDS_WRK = {"ingest", "api"}
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _machine_markdown(info: dict, args: argparse.Namespace, seconds: float) -> str:
+    rows = [
+        ("date (UTC)", info["date"]),
+        ("CPU", info["cpu"]),
+        ("cores", f"{info['cores']} ({info['cores_usable']} usable)"),
+        ("memory", f"{info['memory_gib']} GiB"),
+        ("OS", info["os"]),
+        ("Python", info["python"]),
+        ("SQLite", info["sqlite"]),
+        ("database filesystem", info["db_filesystem"]),
+        (
+            "Flask / SQLAlchemy / gunicorn",
+            f"{info['flask']} / {info['sqlalchemy']} / {info['gunicorn']}",
+        ),
+        ("load generator", info["wrk"] or "-"),
+        ("commit", info["commit"] or "-"),
+        (
+            "run",
+            f"`python -m bench {args.which}{' --quick' if args.quick else ''}` "
+            f"in {seconds / 60:.1f} min",
+        ),
+    ]
+    return (
+        "\n".join(["## Machine", "", "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
+        + "\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "which", nargs="?", default="all", choices=["ingest", "api", "dispatch", "all"]
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="short runs and a smaller database: a smoke run of about a minute",
+    )
+    parser.add_argument(
+        "--reseed",
+        action="store_true",
+        help="seed the status-API database again even if a cached one is fresh",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the work folder (server logs, databases, corpora)"
+    )
+    args = parser.parse_args(argv)
+    names = ["ingest", "api", "dispatch"] if args.which == "all" else [args.which]
+
+    # SIGTERM (or a closed terminal) must still stop the servers: unwind like Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))
+    CACHE.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="run-", dir=CACHE))
+    started = time.monotonic()
+    results: dict = {}
+    try:
+        wrk = ensure_wrk() if NEEDS_WRK & set(names) else None
+        info = machine.describe(wrk_version(wrk) if wrk else None, CACHE)
+        for name in names:
+            _log(f"bench: {name} ...")
+            if name == "ingest":
+                results[name] = ingest.run(wrk, workdir, args.quick, log=_log)
+            elif name == "api":
+                results[name] = api_scale.run(wrk, workdir, args.quick, args.reseed, log=_log)
+            else:
+                results[name] = dispatch.run(workdir, args.quick, log=_log)
+    except BenchError as exc:
+        _log(str(exc))
+        return 2
+    except KeyboardInterrupt:
+        _log("bench: interrupted")
+        return 130
+    finally:
+        stop_all()
+        if args.keep:
+            _log(f"bench: work folder kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    seconds = time.monotonic() - started
+    renderers = {
+        "ingest": ingest.markdown,
+        "api": api_scale.markdown,
+        "dispatch": dispatch.markdown,
+    }
+    title = "# Relay benchmarks" + (" (quick)" if args.quick else "")
+    text = "\n".join(
+        [
+            title,
+            "",
+            _machine_markdown(info, args, seconds),
+            *(renderers[name](results[name]) for name in names),
+        ]
+    )
+    stem = ("quick" if args.quick else "latest") + ("" if args.which == "all" else f"-{args.which}")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{stem}.md").write_text(text)
+    (RESULTS / f"{stem}.json").write_text(
+        json.dumps(
+            {"machine": info, "quick": args.quick, "seconds": round(seconds, 1), **results},
+            indent=2,
+            default=str,
+        )
+        + "\n"
+    )
+    print(text)
+    _log(f"bench: results written to bench/results/{stem}.md and {stem}.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,323 @@
+"""Callback ingest: the relay's real callback endpoint against a bare Flask endpoint.
+
+Both run under gunicorn with the same flags (2 sync workers, no access log) and get the same
+wrk load, alternately (bare, relay, bare, relay, ...), from a corpus of ``sent`` events and
+delivery receipts (POST JSON and GET query) for messages that exist in the relay's database.
+After each relay round the stored events are counted: every 2xx must be a committed event.
+"""
+
+from __future__ import annotations
+
+import resource
+import shutil
+import sqlite3
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import floor, seed
+from .loadgen import run_wrk
+from .servers import (
+    Credentials,
+    Gunicorn,
+    base_env,
+    cpu_seconds,
+    listen_socket,
+    memory_mb,
+    migrate,
+    relay_env,
+)
+
+TARGET_RATIO = 0.8
+TARGET_P99_MS = 50.0
+TARGET_RSS_MB = 100.0
+
+
+@dataclass(frozen=True)
+class Params:
+    messages: int = 40_000  # accepted messages seeded; two events each in the corpus
+    rounds: int = 3
+    round_s: float = 10.0
+    warmup_s: float = 3.0
+    threads: int = 2
+    connections: int = 8
+    paced_rate: float = 500.0
+    paced_connections: int = 10
+    paced_s: float = 10.0
+    floor_count: int = 3000  # callbacks sent one at a time in process (floor.py)
+
+
+QUICK = Params(messages=10_000, rounds=2, round_s=2.0, warmup_s=1.0, paced_s=2.0, floor_count=1000)
+
+
+def _stored(database: Path) -> int:
+    return seed.count(database, "callback_events")
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's finished children (each wrk run, once waited for)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _round_row(app: str, number: int, result: dict) -> dict:
+    latency = result["latency_ms"]
+    return {
+        "app": app,
+        "round": number,
+        "rps": round(result["rps"], 1),
+        "p50_ms": latency["p50"],
+        "p99_ms": latency["p99"],
+        "max_ms": latency["max"],
+        "sent": result["sent"],
+        "ok": result["ok"],
+        "non2xx": result["non2xx"],
+        "socket_errors": sum(v for k, v in result["errors"].items() if k != "status"),
+        "in_flight": result["in_flight"],
+        "cpu_ms": round(result["cpu_ms"], 3),
+        "wrk_cores": round(result["wrk_cores"], 2),
+    }
+
+
+def _check(database: Path, before: int, result: dict) -> dict:
+    """Every request wrk sent is a committed event: the 2xx it saw answered, plus the few it
+    abandoned in flight when its time was up (the relay still stores those)."""
+    time.sleep(0.5)  # let the abandoned requests finish their commit
+    delta = _stored(database) - before
+    return {
+        "stored": delta,
+        "ok": result["ok"],
+        "non2xx": result["non2xx"],
+        "in_flight": result["in_flight"],
+        "exact": delta == result["ok"] + result["in_flight"] and result["non2xx"] == 0,
+    }
+
+
+def _event_mix(database: Path, after_id: int) -> dict:
+    con = sqlite3.connect(database)
+    try:
+        row = con.execute(
+            "SELECT count(*), sum(applied), sum(duplicate), sum(late), sum(parked), "
+            "sum(unparseable), sum(method = 'GET') FROM callback_events WHERE id > ?",
+            (after_id,),
+        ).fetchone()
+    finally:
+        con.close()
+    keys = ("events", "applied", "duplicate", "late", "parked", "unparseable", "get")
+    return {k: v or 0 for k, v in zip(keys, row, strict=True)}
+
+
+def prepare(workdir: Path, messages: int, log=print) -> tuple[Path, Path]:
+    """A migrated database with ``messages`` accepted messages, and the corpus of their events."""
+    database = workdir / "ingest.sqlite3"
+    migrate(database)
+    seeded = seed.seed_accepted(database, messages)
+    corpus = workdir / "callbacks.txt"
+    lines = seed.write_callback_corpus(corpus, seeded)
+    log(f"ingest: {messages:,} accepted messages seeded, corpus of {lines:,} events")
+    return database, corpus
+
+
+def start_relay(database: Path, workdir: Path, creds: Credentials) -> Gunicorn:
+    """The relay under gunicorn, its PUBLIC_BASE_URL its own address."""
+    sock = listen_socket()
+    public = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    return Gunicorn("relay", "wsgi:app", relay_env(database, creds, public), workdir, sock)
+
+
+def run(wrk: str, workdir: Path, quick: bool = False, log=print) -> dict:
+    """Seed, start both servers, alternate the rounds, pace at 500/s, read worker memory."""
+    params = QUICK if quick else Params()
+    database, corpus = prepare(workdir, params.messages, log)
+    pristine = workdir / "ingest-pristine.sqlite3"
+    shutil.copyfile(database, pristine)  # for the in-process decomposition at the end
+    creds = Credentials()
+    relay = start_relay(database, workdir, creds)
+    bare = Gunicorn("bare", "bench.bare_app:app", base_env(), workdir)
+    with relay, bare:
+        relay.wait_ready("/healthz")
+        bare.wait_ready("/callbacks/catapult")
+        servers = {"bare": bare, "relay": relay}
+        offsets = {"bare": 0, "relay": 0}
+
+        def load(name: str, seconds: float, **kwargs) -> dict:
+            server = servers[name]
+            pids = [server.pid, *server.workers()]
+            cpu_before, wrk_before = cpu_seconds(pids), _children_cpu()
+            result = run_wrk(
+                wrk,
+                servers[name].url,
+                corpus,
+                seconds=seconds,
+                offset=offsets[name],
+                auth=creds.callback_auth,
+                **kwargs,
+            )
+            offsets[name] += result["sent"]
+            # CPU the server's processes spent per request, and the cores wrk itself used.
+            result["cpu_ms"] = (cpu_seconds(pids) - cpu_before) * 1000 / max(1, result["sent"])
+            result["wrk_cores"] = (_children_cpu() - wrk_before) / max(1e-9, seconds)
+            return result
+
+        unloaded = {"threads": params.threads, "connections": params.connections}
+        for name in servers:  # warm-up: imports, first connections, SQLite page cache
+            load(name, params.warmup_s, **unloaded)
+        first_id = _stored(database)
+        rounds, checks = [], []
+        for number in range(1, params.rounds + 1):
+            for name in ("bare", "relay"):
+                before = _stored(database) if name == "relay" else 0
+                result = load(name, params.round_s, **unloaded)
+                rounds.append(_round_row(name, number, result))
+                if name == "relay":
+                    checks.append({"round": number, **_check(database, before, result)})
+                log(
+                    f"ingest: round {number} {name}: {result['rps']:.0f} req/s, "
+                    f"p99 {result['latency_ms']['p99']:.1f} ms, non-2xx {result['non2xx']}"
+                )
+        paced = {}
+        for name in ("bare", "relay"):
+            before = _stored(database) if name == "relay" else 0
+            result = load(
+                name,
+                params.paced_s,
+                threads=params.threads,
+                connections=params.paced_connections,
+                rate=params.paced_rate,
+            )
+            paced[name] = _round_row(name, 0, result)
+            if name == "relay":
+                checks.append({"round": "paced", **_check(database, before, result)})
+            log(
+                f"ingest: paced {name}: {result['rps']:.0f} req/s, "
+                f"p99 {result['latency_ms']['p99']:.1f} ms"
+            )
+        memory = {
+            name: [{"pid": pid, **memory_mb(pid)} for pid in server.workers()]
+            for name, server in servers.items()
+        }
+        mix = _event_mix(database, first_id)
+
+    log("ingest: one callback at a time, in process ...")
+    layers = floor.measure(pristine, corpus, workdir, params.floor_count)
+    summary = {}
+    for name in ("bare", "relay"):
+        mine = [r for r in rounds if r["app"] == name]
+        summary[name] = {
+            "rps": statistics.median(r["rps"] for r in mine),
+            "p50_ms": statistics.median(r["p50_ms"] for r in mine),
+            "p99_ms": statistics.median(r["p99_ms"] for r in mine),
+            "cpu_ms": statistics.median(r["cpu_ms"] for r in mine),
+            "wrk_cores": statistics.median(r["wrk_cores"] for r in mine),
+            "non2xx": sum(r["non2xx"] for r in mine),
+            "socket_errors": sum(r["socket_errors"] for r in mine),
+        }
+    return {
+        "params": asdict(params),
+        "rounds": rounds,
+        "summary": summary,
+        "ratio": summary["relay"]["rps"] / summary["bare"]["rps"],
+        "paced": paced,
+        "checks": checks,
+        "memory": memory,
+        "event_mix": mix,
+        "layers": layers,
+    }
+
+
+# ------------------------------------------------------------------ report
+
+
+def _mark(ok: bool) -> str:
+    return "✅" if ok else "❌"
+
+
+def markdown(result: dict) -> str:
+    """The ingest tables (figures, per-round detail, commit checks, memory)."""
+    p, s, paced = result["params"], result["summary"], result["paced"]
+    bare, relay = s["bare"], s["relay"]
+    ratio = result["ratio"]
+    relay_paced, bare_paced = paced["relay"], paced["bare"]
+    non2xx = relay["non2xx"] + relay_paced["non2xx"]
+    exact = all(c["exact"] for c in result["checks"])
+    workers = result["memory"]["relay"]
+    rss_max = max((w["rss_mb"] or 0) for w in workers) if workers else 0
+    out = [
+        "## Callback ingest (SQLite)",
+        "",
+        f"wrk -t{p['threads']} -c{p['connections']}, {p['rounds']} alternating rounds of "
+        f"{p['round_s']:g} s per app (medians shown); paced: -c{p['paced_connections']} at "
+        f"{p['paced_rate']:g} req/s for {p['paced_s']:g} s. gunicorn -w 2 sync, no access log.",
+        "",
+        "| figure | bare Flask | relay | relay / bare | target | |",
+        "|---|---:|---:|---:|---|---|",
+        f"| throughput (req/s) | {bare['rps']:,.0f} | {relay['rps']:,.0f} | **{ratio:.2f}x** | "
+        f"≥ {TARGET_RATIO}x bare | {_mark(ratio >= TARGET_RATIO)} |",
+        f"| p50 latency, unpaced (ms) | {bare['p50_ms']:.2f} | {relay['p50_ms']:.2f} | "
+        f"{relay['p50_ms'] / bare['p50_ms']:.2f}x | | |",
+        f"| p99 latency, unpaced (ms) | {bare['p99_ms']:.2f} | {relay['p99_ms']:.2f} | "
+        f"{relay['p99_ms'] / bare['p99_ms']:.2f}x | | |",
+        f"| server CPU per request, unpaced (ms, master + workers) | {bare['cpu_ms']:.2f} | "
+        f"{relay['cpu_ms']:.2f} | {relay['cpu_ms'] / bare['cpu_ms']:.2f}x | | |",
+        f"| cores used by wrk itself, unpaced | {bare['wrk_cores']:.2f} | "
+        f"{relay['wrk_cores']:.2f} | | | |",
+        f"| achieved rate at ~{p['paced_rate']:g}/s offered | {bare_paced['rps']:,.0f} | "
+        f"{relay_paced['rps']:,.0f} | | | |",
+        f"| p99 latency at ~{p['paced_rate']:g}/s (ms) | {bare_paced['p99_ms']:.2f} | "
+        f"{relay_paced['p99_ms']:.2f} | {relay_paced['p99_ms'] / bare_paced['p99_ms']:.2f}x | "
+        f"< {TARGET_P99_MS:g} ms | {_mark(relay_paced['p99_ms'] < TARGET_P99_MS)} |",
+        f"| non-2xx answers (all relay rounds) | {bare['non2xx'] + bare_paced['non2xx']} | "
+        f"{non2xx} | | 0 | {_mark(non2xx == 0)} |",
+        f"| every 2xx committed (stored Δ = 2xx + abandoned) | | "
+        f"{'yes' if exact else 'NO'} | | exact | {_mark(exact)} |",
+        f"| worker RSS after ingest (MB, max) | "
+        f"{max((w['rss_mb'] or 0) for w in result['memory']['bare']):.1f} | {rss_max:.1f} | | "
+        f"< {TARGET_RSS_MB:g} MB | {_mark(rss_max < TARGET_RSS_MB)} |",
+        "",
+        "| round | app | req/s | p50 ms | p99 ms | max ms | 2xx | non-2xx | socket errors "
+        "| CPU ms/req | wrk cores |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in [*result["rounds"], paced["bare"], paced["relay"]]:
+        label = r["round"] or "paced"
+        out.append(
+            f"| {label} | {r['app']} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | "
+            f"{r['p99_ms']:.2f} | {r['max_ms']:.1f} | {r['ok']:,} | {r['non2xx']} | "
+            f"{r['socket_errors']} | {r['cpu_ms']:.2f} | {r['wrk_cores']:.2f} |"
+        )
+    out += [
+        "",
+        "Commit check (relay): events stored during each run = 2xx answers wrk received "
+        "+ requests wrk abandoned in flight when its time was up (it stops without waiting "
+        "for them; the relay still commits them). Equality means every 2xx was committed.",
+        "",
+        "| run | stored Δ | 2xx | abandoned in flight | non-2xx | exact |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for c in result["checks"]:
+        out.append(
+            f"| {c['round']} | {c['stored']:,} | {c['ok']:,} | {c['in_flight']} | "
+            f"{c['non2xx']} | {_mark(c['exact'])} |"
+        )
+    mix = result["event_mix"]
+    out += [
+        "",
+        f"Relay events stored in the measured runs: {mix['events']:,} "
+        f"(applied {mix['applied']:,}, duplicate {mix['duplicate']:,}, late {mix['late']:,}, "
+        f"parked {mix['parked']:,}, unparseable {mix['unparseable']:,}; GET {mix['get']:,}).",
+        "",
+        floor.markdown(result["layers"], result["params"]["floor_count"]).rstrip(),
+        "",
+        "## Memory",
+        "",
+        f"Each gunicorn worker after the ingest runs (/proc/<pid>/status); target < "
+        f"{TARGET_RSS_MB:g} MB for the relay's.",
+        "",
+        "| worker | pid | VmRSS MB | VmHWM (peak) MB |",
+        "|---|---:|---:|---:|",
+    ]
+    for name in ("relay", "bare"):
+        for w in result["memory"][name]:
+            out.append(f"| {name} | {w['pid']} | {w['rss_mb']} | {w['peak_mb']} |")
+    return "\n".join(out) + "\n"
