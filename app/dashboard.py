@@ -34,7 +34,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError
 from . import queries, rollups
 from .errors import ApiError
 from .extensions import db
-from .ids import _ALPHABET  # id_floor() spells the smallest relay id of a millisecond
+from .ids import id_floor
 from .models import STATUSES, CallbackEvent, Message, Rollup, utcnow
 from .reconcile import find_message
 
@@ -328,12 +328,6 @@ def _message_filters(query: str) -> tuple[dict, list[str]]:
         "since": since,
         "until": until,
     }, errors
-
-
-def id_floor(when: datetime) -> str:
-    """The smallest relay id minted at ``when``: relay ids begin with 48 bits of milliseconds."""
-    value = int(when.timestamp() * 1000) << 80
-    return "rm-" + "".join(_ALPHABET[(value >> (5 * i)) & 31] for i in range(25, -1, -1))
 
 
 def _message_selects(f: dict) -> list:

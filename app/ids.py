@@ -22,11 +22,17 @@ def new_id(prefix: str = "rm-") -> str:
         if value <= _last:
             value = _last + 1
         _last = value
-    chars = []
-    for _ in range(26):
-        chars.append(_ALPHABET[value & 31])
-        value >>= 5
-    return prefix + "".join(reversed(chars))
+    return _encode(value, prefix)
+
+
+def _encode(value: int, prefix: str) -> str:
+    return prefix + "".join(_ALPHABET[(value >> (5 * i)) & 31] for i in range(25, -1, -1))
+
+
+def id_floor(when, prefix: str = "rm-") -> str:
+    """The smallest relay id minted at ``when`` (ids begin with 48 bits of milliseconds), so a
+    time bound becomes an id bound that the (filter, id) indexes can seek to."""
+    return _encode(int(when.timestamp() * 1000) << 80, prefix)
 
 
 def is_carrier_id(value: str) -> bool:
