@@ -195,6 +195,9 @@ class Rollup(db.Model):
     key: Mapped[str] = mapped_column(String(32), primary_key=True)
     count: Mapped[int] = mapped_column(Integer)
 
+    # Day sums and 5-minute buckets are read apart: by kind first, then the time range.
+    __table_args__ = (Index("ix_rollups_kind_bucket", "kind", "bucket"),)
+
 
 class RollupState(db.Model):
     """How far the rollups reach: buckets before ``covered_until`` are in ``rollups``."""

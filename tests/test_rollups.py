@@ -84,6 +84,19 @@ def test_rollups_give_the_live_answer(app, since_hours):
     same(live, current(app, since))
 
 
+@pytest.mark.parametrize("since_days", [None, 2.5, 1])
+def test_whole_days_are_read_from_day_sums(app, since_days):
+    now = seed(app, hours=80, per_hour=3)
+    since = None if since_days is None else now - timedelta(days=since_days)
+    live = current(app, since)
+    refresh_all(app, now=now)
+    with app.app_context():
+        days = db.session.scalar(select(func.count(func.distinct(Rollup.bucket)))
+                                 .where(Rollup.kind == "day-status"))
+    assert days >= 2
+    same(live, current(app, since))
+
+
 def test_a_change_to_an_old_message_reaches_the_rollups(app, client, cb_auth):
     now = seed(app)
     refresh_all(app, now=now)

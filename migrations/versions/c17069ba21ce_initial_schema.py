@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: 70073e6a6d1b
+Revision ID: c17069ba21ce
 Revises: 
-Create Date: 2026-11-28 08:46:54.402410
+Create Date: 2026-11-28 09:02:50.184971
 
 """
 from alembic import op
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 
 # revision identifiers, used by Alembic.
-revision = '70073e6a6d1b'
+revision = 'c17069ba21ce'
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -91,6 +91,9 @@ def upgrade():
     sa.Column('count', sa.Integer(), nullable=False),
     sa.PrimaryKeyConstraint('bucket', 'kind', 'key', name=op.f('pk_rollups'))
     )
+    with op.batch_alter_table('rollups', schema=None) as batch_op:
+        batch_op.create_index('ix_rollups_kind_bucket', ['kind', 'bucket'], unique=False)
+
     op.create_table('callback_events',
     sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
     sa.Column('received_at', sa.DateTime(timezone=True), nullable=False),
@@ -134,6 +137,9 @@ def downgrade():
         batch_op.drop_index(batch_op.f('ix_callback_events_carrier_message_id'))
 
     op.drop_table('callback_events')
+    with op.batch_alter_table('rollups', schema=None) as batch_op:
+        batch_op.drop_index('ix_rollups_kind_bucket')
+
     op.drop_table('rollups')
     op.drop_table('rollup_state')
     with op.batch_alter_table('messages', schema=None) as batch_op:
