@@ -27,8 +27,9 @@ BUCKET = timedelta(minutes=5)
 DAY = timedelta(days=1)  # complete days are summed once more, so a month reads ~30 x fewer rows
 # A transaction may commit a row whose updated_at/received_at is this much in the past.
 MARGIN = timedelta(seconds=60)
-# New buckets covered per pass: a first pass over a large history is done a day at a time.
-MAX_NEW_BUCKETS = 288
+# New buckets covered per pass (4 hours): a first pass over a long history holds the write
+# lock for a fraction of a second at a time.
+MAX_NEW_BUCKETS = 48
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 EVENT_KEYS = ("total", "fallback", "duplicate", "late", "unparseable")
 KINDS = ("status", "receipt", "event")
