@@ -5,8 +5,6 @@ from __future__ import annotations
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from .send_rules import SendRuleError
-
 # HTTP status → Catapult error category (catapult-v1.md §1, "Errors").
 CATEGORY_BY_STATUS = {
     400: "bad-request",
@@ -36,6 +34,7 @@ class ApiError(Exception):
         self.headers = headers or {}
 
     def to_dict(self) -> dict:
+        """The error body, as Catapult answers it."""
         return {
             "category": self.category,
             "code": self.code,
@@ -66,10 +65,6 @@ def register_error_handlers(app: Flask) -> None:
         if not body["details"]:
             body["details"] = request_details()
         return jsonify(body), err.status, err.headers
-
-    @app.errorhandler(SendRuleError)
-    def handle_send_rule_error(err: SendRuleError):
-        return jsonify(err.to_dict()), err.status
 
     @app.errorhandler(HTTPException)
     def handle_http_error(err: HTTPException):

@@ -1,4 +1,6 @@
-"""The domain: enqueue, record send outcomes, store and apply events, reconcile.
+"""The send side of the domain: enqueue, record send outcomes, record reconcile answers.
+
+(The receive side, storing and applying callback events, is ``receive.py``.)
 
 No Flask here and no commits: the caller (a request, the dispatcher, a CLI command) owns the
 one transaction. Every function that decides on a message's state first takes the write lock
@@ -65,13 +67,18 @@ def _advance(message: Message, status: str) -> bool:
     return False
 
 
-def record_accepted(session, message, carrier_id, request=None, response=None, now=None):
-    """The carrier took the message: keep its id, then attach any events parked for that id."""
-    now = now or utcnow()
+def _exchange(message: Message, request, response, error) -> None:
+    """Keep the last carrier exchange (for the timeline) and let go of the dispatcher's claim."""
     message.claimed_by = None
     message.carrier_request = request
     message.carrier_response = response
-    message.error = None
+    message.error = error
+
+
+def record_accepted(session, message, carrier_id, request=None, response=None, now=None):
+    """The carrier took the message: keep its id, then attach any events parked for that id."""
+    now = now or utcnow()
+    _exchange(message, request, response, None)
     if message.carrier_message_id is None:
         message.carrier_message_id = carrier_id
     if message.accepted_at is None:
@@ -96,10 +103,7 @@ def _set_receipt_seconds(message: Message) -> None:
 def record_rejected(session, message, error, request=None, response=None, now=None):
     """The carrier refused the send (a definite 4xx): final, with the carrier's error."""
     now = now or utcnow()
-    message.claimed_by = None
-    message.carrier_request = request
-    message.carrier_response = response
-    message.error = error
+    _exchange(message, request, response, error)
     if STATUS_RANK[message.status] <= STATUS_RANK["sending"]:
         message.status = "rejected"
         message.final_at = now
@@ -109,10 +113,7 @@ def record_rejected(session, message, error, request=None, response=None, now=No
 def record_retry(session, message, retry_at, error=None, request=None, response=None, now=None):
     """Not sent (rate limit, connection refused): back to the queue until ``retry_at``."""
     now = now or utcnow()
-    message.claimed_by = None
-    message.carrier_request = request
-    message.carrier_response = response
-    message.error = error
+    _exchange(message, request, response, error)
     if message.status == "sending":
         message.status = "queued"
     message.next_attempt_at = retry_at
@@ -123,10 +124,7 @@ def record_unknown(session, message, error, request=None, response=None, now=Non
     """The send may or may not have gone (read timeout, 503): never resend on our own; a later
     event carrying our tag, or a reconcile, settles it."""
     now = now or utcnow()
-    message.claimed_by = None
-    message.carrier_request = request
-    message.carrier_response = response
-    message.error = error
+    _exchange(message, request, response, error)
     if message.status == "sending":
         message.status = "unknown"
     message.updated_at = now

@@ -25,6 +25,8 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from .errors import ApiError
+
 MAX_BATCH = 50  # a multi-send carries at most 50 objects; more is 403 multi-message-limit
 MAX_TEXT = 2048  # characters per message text
 MIN_CALLBACK_TIMEOUT, MAX_CALLBACK_TIMEOUT = 1, 10000  # milliseconds
@@ -53,7 +55,7 @@ _MEDIA_URL = validate.URL(schemes={"http", "https"}, require_tld=False)
 _ABSENT = object()
 
 
-class SendRuleError(Exception):
+class SendRuleError(ApiError):
     """A broken send rule, in Catapult's error shape ``{category, code, message, details}``."""
 
     def __init__(
@@ -64,24 +66,7 @@ class SendRuleError(Exception):
         message: str,
         details: list[dict[str, str]] | None = None,
     ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.category = category
-        self.code = code
-        self.message = message
-        self.details = details or []
-
-    def to_dict(self) -> dict[str, Any]:
-        """The error body Catapult (and the relay) answers."""
-        return {
-            "category": self.category,
-            "code": self.code,
-            "message": self.message,
-            "details": self.details,
-        }
-
-    def __repr__(self) -> str:
-        return f"SendRuleError({self.status}, {self.code!r}, {self.message!r})"
+        super().__init__(status, category, code, message, details)
 
 
 # --- messages -------------------------------------------------------------------------------
