@@ -1,4 +1,4 @@
-"""``python -m bench [ingest|api|dispatch|all] [--quick]``: run the benchmarks, print markdown.
+"""``python -m bench [ingest|ingest-pg|api|dispatch|all] [--quick]``: run, print markdown.
 
 Results go to ``bench/results/latest.{md,json}`` (``quick.*`` with --quick; a ``-<name>``
 suffix when one benchmark runs alone). Benchmarks report; they never fail on a missed target.
@@ -22,7 +22,8 @@ from .seed import CACHE
 from .servers import BenchError, stop_all
 
 RESULTS = Path(__file__).resolve().parent / "results"
-NEEDS_WRK = {"ingest", "api"}
+NEEDS_WRK = {"ingest", "ingest-pg", "api"}
+BENCHMARKS = ["ingest", "ingest-pg", "api", "dispatch"]
 
 
 def _log(message: str) -> None:
@@ -59,9 +60,7 @@ def _machine_markdown(info: dict, args: argparse.Namespace, seconds: float) -> s
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "which", nargs="?", default="all", choices=["ingest", "api", "dispatch", "all"]
-    )
+    parser.add_argument("which", nargs="?", default="all", choices=[*BENCHMARKS, "all"])
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -76,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         "--keep", action="store_true", help="keep the work folder (server logs, databases, corpora)"
     )
     args = parser.parse_args(argv)
-    names = ["ingest", "api", "dispatch"] if args.which == "all" else [args.which]
+    names = BENCHMARKS if args.which == "all" else [args.which]
 
     # SIGTERM (or a closed terminal) must still stop the servers: unwind like Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -92,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             _log(f"bench: {name} ...")
             if name == "ingest":
                 results[name] = ingest.run(wrk, workdir, args.quick, log=_log)
+            elif name == "ingest-pg":
+                results[name] = ingest.run_pg(wrk, workdir, args.quick, log=_log)
             elif name == "api":
                 results[name] = api_scale.run(wrk, workdir, args.quick, args.reseed, log=_log)
             else:
@@ -112,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.monotonic() - started
     renderers = {
         "ingest": ingest.markdown,
+        "ingest-pg": ingest.markdown_pg,
         "api": api_scale.markdown,
         "dispatch": dispatch.markdown,
     }

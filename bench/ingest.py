@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import floor, seed
+from . import floor, pg, seed
 from .loadgen import run_wrk
 from .servers import (
     Credentials,
@@ -30,6 +30,7 @@ from .servers import (
 )
 
 TARGET_RATIO = 0.8
+TARGET_RATIO_PG = 0.5
 TARGET_P99_MS = 50.0
 TARGET_RSS_MB = 100.0
 
@@ -77,14 +78,15 @@ def _round_row(app: str, number: int, result: dict) -> dict:
         "in_flight": result["in_flight"],
         "cpu_ms": round(result["cpu_ms"], 3),
         "wrk_cores": round(result["wrk_cores"], 2),
+        **({"db_cpu_ms": round(result["db_cpu_ms"], 3)} if "db_cpu_ms" in result else {}),
     }
 
 
-def _check(database: Path, before: int, result: dict) -> dict:
+def _check(stored, before: int, result: dict) -> dict:
     """Every request wrk sent is a committed event: the 2xx it saw answered, plus the few it
     abandoned in flight when its time was up (the relay still stores those)."""
     time.sleep(0.5)  # let the abandoned requests finish their commit
-    delta = _stored(database) - before
+    delta = stored() - before
     return {
         "stored": delta,
         "ok": result["ok"],
@@ -119,21 +121,100 @@ def prepare(workdir: Path, messages: int, log=print) -> tuple[Path, Path]:
     return database, corpus
 
 
-def start_relay(database: Path, workdir: Path, creds: Credentials) -> Gunicorn:
+def start_relay(database: Path, workdir: Path, creds: Credentials, **extra: str) -> Gunicorn:
     """The relay under gunicorn, its PUBLIC_BASE_URL its own address."""
     sock = listen_socket()
     public = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    return Gunicorn("relay", "wsgi:app", relay_env(database, creds, public), workdir, sock)
+    env = relay_env(database, creds, public, **extra)
+    return Gunicorn("relay", "wsgi:app", env, workdir, sock)
 
 
 def run(wrk: str, workdir: Path, quick: bool = False, log=print) -> dict:
-    """Seed, start both servers, alternate the rounds, pace at 500/s, read worker memory."""
+    """SQLite: seed, both servers, alternating rounds, 500/s, memory, then the in-process
+    decomposition (floor.py)."""
     params = QUICK if quick else Params()
     database, corpus = prepare(workdir, params.messages, log)
     pristine = workdir / "ingest-pristine.sqlite3"
     shutil.copyfile(database, pristine)  # for the in-process decomposition at the end
+    result = measure(
+        wrk,
+        workdir,
+        params,
+        corpus,
+        database,
+        stored=lambda: _stored(database),
+        log=lambda message: log(f"ingest: {message}"),
+    )
+    result["event_mix"] = _event_mix(database, result.pop("first_id"))
+    log("ingest: one callback at a time, in process ...")
+    result["layers"] = floor.measure(pristine, corpus, workdir, params.floor_count)
+    return result
+
+
+def run_pg(wrk: str, workdir: Path, quick: bool = False, log=print) -> dict:
+    """The same on a throwaway PostgreSQL cluster with durable settings (bench/pg.py)."""
+    params = QUICK if quick else Params()
+
+    def say(message: str) -> None:
+        log(f"ingest-pg: {message}")
+
+    with pg.Cluster() as cluster:
+        url = cluster.start()
+        settings = cluster.describe()
+        say(
+            f"PostgreSQL {settings['version']} on 127.0.0.1:{cluster.port} "
+            + ", ".join(f"{k}={settings[k]}" for k in pg.DURABILITY)
+        )
+        unused = workdir / "unused.sqlite3"  # DATABASE_URL below wins over relay_env's SQLite
+        migrate(unused, database_url=url)
+        seeded = cluster.seed_accepted(params.messages)
+        corpus = workdir / "callbacks-pg.txt"
+        lines = seed.write_callback_corpus(corpus, seeded)
+        say(f"{params.messages:,} accepted messages seeded, corpus of {lines:,} events")
+        events_before, activity_before = cluster.count(), cluster.activity()
+        result = measure(
+            wrk,
+            workdir,
+            params,
+            corpus,
+            unused,
+            stored=cluster.count,
+            log=say,
+            mark=cluster.max_event_id,
+            db_cpu=cluster.cpu,
+            DATABASE_URL=url,
+        )
+        result["event_mix"] = cluster.event_mix(result.pop("first_id"))
+        # The relay has stopped: its backends have exited and flushed their statistics.
+        time.sleep(0.5)
+        events = max(1, cluster.count() - events_before)
+        activity = cluster.activity()
+        result["per_event"] = {
+            key: round((activity[key] - activity_before[key]) / events, 3) for key in activity
+        }
+        result["postgres"] = settings
+    return result
+
+
+def measure(
+    wrk: str,
+    workdir: Path,
+    params: Params,
+    corpus: Path,
+    database: Path,
+    stored,
+    log=print,
+    mark=None,
+    db_cpu=None,
+    **relay_extra: str,
+) -> dict:
+    """Start both servers, alternate the rounds, pace at 500/s, read worker memory.
+
+    ``stored()`` counts the relay's callback events; ``mark()`` (default ``stored``) is the
+    last event id before the measured runs (``first_id`` in the result); ``db_cpu()`` (a
+    database server's CPU seconds so far), when given, adds its CPU per request to each run."""
     creds = Credentials()
-    relay = start_relay(database, workdir, creds)
+    relay = start_relay(database, workdir, creds, **relay_extra)
     bare = Gunicorn("bare", "bench.bare_app:app", base_env(), workdir)
     with relay, bare:
         relay.wait_ready("/healthz")
@@ -145,6 +226,7 @@ def run(wrk: str, workdir: Path, quick: bool = False, log=print) -> dict:
             server = servers[name]
             pids = [server.pid, *server.workers()]
             cpu_before, wrk_before = cpu_seconds(pids), _children_cpu()
+            db_before = db_cpu() if db_cpu else 0.0
             result = run_wrk(
                 wrk,
                 servers[name].url,
@@ -156,29 +238,32 @@ def run(wrk: str, workdir: Path, quick: bool = False, log=print) -> dict:
             )
             offsets[name] += result["sent"]
             # CPU the server's processes spent per request, and the cores wrk itself used.
-            result["cpu_ms"] = (cpu_seconds(pids) - cpu_before) * 1000 / max(1, result["sent"])
+            sent = max(1, result["sent"])
+            result["cpu_ms"] = (cpu_seconds(pids) - cpu_before) * 1000 / sent
             result["wrk_cores"] = (_children_cpu() - wrk_before) / max(1e-9, seconds)
+            if db_cpu:
+                result["db_cpu_ms"] = (db_cpu() - db_before) * 1000 / sent
             return result
 
         unloaded = {"threads": params.threads, "connections": params.connections}
-        for name in servers:  # warm-up: imports, first connections, SQLite page cache
+        for name in servers:  # warm-up: imports, first connections, database page cache
             load(name, params.warmup_s, **unloaded)
-        first_id = _stored(database)
+        first_id = (mark or stored)()
         rounds, checks = [], []
         for number in range(1, params.rounds + 1):
             for name in ("bare", "relay"):
-                before = _stored(database) if name == "relay" else 0
+                before = stored() if name == "relay" else 0
                 result = load(name, params.round_s, **unloaded)
                 rounds.append(_round_row(name, number, result))
                 if name == "relay":
-                    checks.append({"round": number, **_check(database, before, result)})
+                    checks.append({"round": number, **_check(stored, before, result)})
                 log(
-                    f"ingest: round {number} {name}: {result['rps']:.0f} req/s, "
+                    f"round {number} {name}: {result['rps']:.0f} req/s, "
                     f"p99 {result['latency_ms']['p99']:.1f} ms, non-2xx {result['non2xx']}"
                 )
         paced = {}
         for name in ("bare", "relay"):
-            before = _stored(database) if name == "relay" else 0
+            before = stored() if name == "relay" else 0
             result = load(
                 name,
                 params.paced_s,
@@ -188,19 +273,14 @@ def run(wrk: str, workdir: Path, quick: bool = False, log=print) -> dict:
             )
             paced[name] = _round_row(name, 0, result)
             if name == "relay":
-                checks.append({"round": "paced", **_check(database, before, result)})
-            log(
-                f"ingest: paced {name}: {result['rps']:.0f} req/s, "
-                f"p99 {result['latency_ms']['p99']:.1f} ms"
-            )
+                checks.append({"round": "paced", **_check(stored, before, result)})
+            p99 = result["latency_ms"]["p99"]
+            log(f"paced {name}: {result['rps']:.0f} req/s, p99 {p99:.1f} ms")
         memory = {
             name: [{"pid": pid, **memory_mb(pid)} for pid in server.workers()]
             for name, server in servers.items()
         }
-        mix = _event_mix(database, first_id)
 
-    log("ingest: one callback at a time, in process ...")
-    layers = floor.measure(pristine, corpus, workdir, params.floor_count)
     summary = {}
     for name in ("bare", "relay"):
         mine = [r for r in rounds if r["app"] == name]
@@ -213,6 +293,8 @@ def run(wrk: str, workdir: Path, quick: bool = False, log=print) -> dict:
             "non2xx": sum(r["non2xx"] for r in mine),
             "socket_errors": sum(r["socket_errors"] for r in mine),
         }
+        if db_cpu:
+            summary[name]["db_cpu_ms"] = statistics.median(r["db_cpu_ms"] for r in mine)
     return {
         "params": asdict(params),
         "rounds": rounds,
@@ -221,8 +303,7 @@ def run(wrk: str, workdir: Path, quick: bool = False, log=print) -> dict:
         "paced": paced,
         "checks": checks,
         "memory": memory,
-        "event_mix": mix,
-        "layers": layers,
+        "first_id": first_id,
     }
 
 
@@ -233,8 +314,8 @@ def _mark(ok: bool) -> str:
     return "✅" if ok else "❌"
 
 
-def markdown(result: dict) -> str:
-    """The ingest tables (figures, per-round detail, commit checks, memory)."""
+def _tables(result: dict, heading: str, note: str, target: float) -> list[str]:
+    """Figures, per-round detail, commit checks and the event mix of one ingest run."""
     p, s, paced = result["params"], result["summary"], result["paced"]
     bare, relay = s["bare"], s["relay"]
     ratio = result["ratio"]
@@ -244,22 +325,30 @@ def markdown(result: dict) -> str:
     workers = result["memory"]["relay"]
     rss_max = max((w["rss_mb"] or 0) for w in workers) if workers else 0
     out = [
-        "## Callback ingest (SQLite)",
+        heading,
         "",
-        f"wrk -t{p['threads']} -c{p['connections']}, {p['rounds']} alternating rounds of "
+        f"{note}wrk -t{p['threads']} -c{p['connections']}, {p['rounds']} alternating rounds of "
         f"{p['round_s']:g} s per app (medians shown); paced: -c{p['paced_connections']} at "
         f"{p['paced_rate']:g} req/s for {p['paced_s']:g} s. gunicorn -w 2 sync, no access log.",
         "",
         "| figure | bare Flask | relay | relay / bare | target | |",
         "|---|---:|---:|---:|---|---|",
         f"| throughput (req/s) | {bare['rps']:,.0f} | {relay['rps']:,.0f} | **{ratio:.2f}x** | "
-        f"≥ {TARGET_RATIO}x bare | {_mark(ratio >= TARGET_RATIO)} |",
+        f"≥ {target}x bare | {_mark(ratio >= target)} |",
         f"| p50 latency, unpaced (ms) | {bare['p50_ms']:.2f} | {relay['p50_ms']:.2f} | "
         f"{relay['p50_ms'] / bare['p50_ms']:.2f}x | | |",
         f"| p99 latency, unpaced (ms) | {bare['p99_ms']:.2f} | {relay['p99_ms']:.2f} | "
         f"{relay['p99_ms'] / bare['p99_ms']:.2f}x | | |",
         f"| server CPU per request, unpaced (ms, master + workers) | {bare['cpu_ms']:.2f} | "
         f"{relay['cpu_ms']:.2f} | {relay['cpu_ms'] / bare['cpu_ms']:.2f}x | | |",
+        *(
+            [
+                f"| database server CPU per request, unpaced (ms, all PostgreSQL processes) | "
+                f"| {relay['db_cpu_ms']:.2f} | | | |"
+            ]
+            if "db_cpu_ms" in relay
+            else []
+        ),
         f"| cores used by wrk itself, unpaced | {bare['wrk_cores']:.2f} | "
         f"{relay['wrk_cores']:.2f} | | | |",
         f"| achieved rate at ~{p['paced_rate']:g}/s offered | {bare_paced['rps']:,.0f} | "
@@ -279,12 +368,17 @@ def markdown(result: dict) -> str:
         "| CPU ms/req | wrk cores |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    db = "db_cpu_ms" in relay
+    if db:  # one more column: the database server's CPU per request
+        out[-2] = out[-2].replace("| wrk cores |", "| DB CPU ms/req | wrk cores |")
+        out[-1] += "---:|"
     for r in [*result["rounds"], paced["bare"], paced["relay"]]:
         label = r["round"] or "paced"
+        db_cell = f"{r['db_cpu_ms']:.2f} | " if db else ""
         out.append(
             f"| {label} | {r['app']} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | "
             f"{r['p99_ms']:.2f} | {r['max_ms']:.1f} | {r['ok']:,} | {r['non2xx']} | "
-            f"{r['socket_errors']} | {r['cpu_ms']:.2f} | {r['wrk_cores']:.2f} |"
+            f"{r['socket_errors']} | {r['cpu_ms']:.2f} | {db_cell}{r['wrk_cores']:.2f} |"
         )
     out += [
         "",
@@ -306,6 +400,14 @@ def markdown(result: dict) -> str:
         f"Relay events stored in the measured runs: {mix['events']:,} "
         f"(applied {mix['applied']:,}, duplicate {mix['duplicate']:,}, late {mix['late']:,}, "
         f"parked {mix['parked']:,}, unparseable {mix['unparseable']:,}; GET {mix['get']:,}).",
+    ]
+    return out
+
+
+def markdown(result: dict) -> str:
+    """The SQLite ingest tables, the in-process decomposition and the workers' memory."""
+    out = _tables(result, "## Callback ingest (SQLite)", "", TARGET_RATIO)
+    out += [
         "",
         floor.markdown(result["layers"], result["params"]["floor_count"]).rstrip(),
         "",
@@ -320,4 +422,24 @@ def markdown(result: dict) -> str:
     for name in ("relay", "bare"):
         for w in result["memory"][name]:
             out.append(f"| {name} | {w['pid']} | {w['rss_mb']} | {w['peak_mb']} |")
+    return "\n".join(out) + "\n"
+
+
+def markdown_pg(result: dict) -> str:
+    """The PostgreSQL ingest tables."""
+    pg_info = result["postgres"]
+    note = (
+        f"PostgreSQL {pg_info['version']} (throwaway cluster on loopback TCP, default settings: "
+        + ", ".join(f"{k}={pg_info[k]}" for k in pg.DURABILITY)
+        + "), the same seed, corpus, servers and runs as the SQLite section. "
+    )
+    out = _tables(result, "## Callback ingest (PostgreSQL)", note, TARGET_RATIO_PG)
+    per = result["per_event"]
+    out += [
+        "",
+        "Per stored event, over all relay runs (warm-up included; pg_stat_database, "
+        f"pg_stat_wal): {per['commits']:g} commits, {per['rollbacks']:g} rollbacks, "
+        f"{per['wal_records']:g} WAL records ({per['wal_fpi']:g} full-page images), "
+        f"{per['wal_bytes']:,.0f} WAL bytes, {per['wal_syncs']:g} WAL fsyncs.",
+    ]
     return "\n".join(out) + "\n"

@@ -314,11 +314,15 @@ def memory_mb(pid: int) -> dict[str, float | None]:
     return values
 
 
-def flask_command(database: Path, *args: str, timeout: float = 120) -> str:
-    """``flask --app wsgi <args>`` on ``database``; its output, or BenchError."""
+def flask_command(
+    database: Path, *args: str, timeout: float = 120, database_url: str | None = None
+) -> str:
+    """``flask --app wsgi <args>`` on ``database`` (or ``database_url``); its output, or
+    BenchError."""
+    extra = {"DATABASE_URL": database_url} if database_url else {}
     result = subprocess.run(
         [str(BIN / "flask"), "--app", "wsgi", *args],
-        env=relay_env(database, Credentials()),
+        env=relay_env(database, Credentials(), **extra),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -329,6 +333,7 @@ def flask_command(database: Path, *args: str, timeout: float = 120) -> str:
     return result.stdout
 
 
-def migrate(database: Path) -> None:
-    """``flask --app wsgi db upgrade`` on a fresh SQLite file (the real migrations)."""
-    flask_command(database, "db", "upgrade")
+def migrate(database: Path, database_url: str | None = None) -> None:
+    """``flask --app wsgi db upgrade`` on a fresh SQLite file, or on ``database_url`` (the real
+    migrations)."""
+    flask_command(database, "db", "upgrade", database_url=database_url)
