@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -57,6 +58,34 @@ def _float(env, name, default, errors):
     return value
 
 
+SECRET_NAMES = ("API_KEYS", "CALLBACK_USERNAME", "CALLBACK_PASSWORD", "CATAPULT_USER_ID",
+                "CATAPULT_API_TOKEN", "CATAPULT_API_SECRET", "DASHBOARD_USERNAME",
+                "DASHBOARD_PASSWORD", "SECRET_KEY")
+
+
+def development_secrets(instance: Path) -> tuple[dict[str, str], bool]:
+    """Generated secrets for local runs, kept in ``instance/dev-secrets.json`` so that every
+    process (each gunicorn worker builds its own app) and every restart agrees on them.
+    Returns them and whether this call created the file."""
+    path = instance / "dev-secrets.json"
+    if path.exists():
+        return json.loads(path.read_text()), False
+    instance.mkdir(parents=True, exist_ok=True)
+    values = {name: secrets.token_urlsafe(16) for name in SECRET_NAMES}
+    tmp = instance / f".dev-secrets.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(values, handle)
+    try:
+        os.link(tmp, path)  # atomic: the first process to get here wins, the others read it
+        created = True
+    except FileExistsError:
+        values, created = json.loads(path.read_text()), False
+    finally:
+        tmp.unlink()
+    return values, created
+
+
 def load_settings(env: dict | None = None, instance_path: str | None = None) -> Settings:
     """Read every setting of DESIGN.md from ``env``; collect (not raise) what is wrong."""
     env = dict(os.environ if env is None else env)
@@ -66,6 +95,12 @@ def load_settings(env: dict | None = None, instance_path: str | None = None) -> 
     if relay_env not in ("production", "development", "testing"):
         errors.append(f"RELAY_ENV must be production or development, got {relay_env!r}")
     strict = relay_env == "production"
+    instance = Path(instance_path or "instance")
+    stored: dict[str, str] = {}
+    if relay_env == "development":
+        stored, created = development_secrets(instance)
+        if created:
+            generated.update(stored)
 
     def secret(name: str) -> str:
         value = env.get(name) or ""
@@ -74,12 +109,13 @@ def load_settings(env: dict | None = None, instance_path: str | None = None) -> 
         if strict:
             errors.append(f"{name} is required (RELAY_ENV=production)")
             return ""
-        # Development: a safe local default, generated and reported once so nobody ships it.
+        if name in stored:
+            return stored[name]
+        # Testing: a throwaway value for this process only.
         value = secrets.token_urlsafe(16)
         generated[name] = value
         return value
 
-    instance = Path(instance_path or "instance")
     database_url = env.get("DATABASE_URL") or f"sqlite:///{(instance / 'relay.sqlite3').resolve()}"
 
     public = env.get("PUBLIC_BASE_URL") or ("" if strict else "http://127.0.0.1:8000")

@@ -60,12 +60,23 @@ def test_each_bad_or_missing_value_is_named(change, named):
     assert len(errors) == 1 and errors[0].startswith(named)
 
 
-def test_development_generates_secrets_and_reports_them():
-    settings = load_settings({"RELAY_ENV": "development"})
-    assert settings.errors == []
-    assert settings.values["CALLBACK_PASSWORD"] == settings.generated["CALLBACK_PASSWORD"]
-    assert len(settings.values["CALLBACK_PASSWORD"]) >= 16
-    assert settings.values["PUBLIC_BASE_URL"].startswith("http://127.0.0.1")
+def test_development_generates_secrets_once_and_every_process_agrees(tmp_path):
+    first = load_settings({"RELAY_ENV": "development"}, instance_path=str(tmp_path))
+    assert first.errors == []
+    assert first.values["CALLBACK_PASSWORD"] == first.generated["CALLBACK_PASSWORD"]
+    assert len(first.values["CALLBACK_PASSWORD"]) >= 16
+    assert first.values["PUBLIC_BASE_URL"].startswith("http://127.0.0.1")
+    # A second process (another gunicorn worker, a restart) reads the same values back and
+    # reports nothing new.
+    second = load_settings({"RELAY_ENV": "development"}, instance_path=str(tmp_path))
+    assert second.generated == {}
+    for name in ("CALLBACK_PASSWORD", "API_KEYS", "DASHBOARD_PASSWORD", "SECRET_KEY"):
+        assert second.values[name] == first.values[name]
+    assert (tmp_path / "dev-secrets.json").stat().st_mode & 0o777 == 0o600
+    # A value from the environment still wins over the stored one.
+    third = load_settings({"RELAY_ENV": "development", "CALLBACK_PASSWORD": "mine"},
+                          instance_path=str(tmp_path))
+    assert third.values["CALLBACK_PASSWORD"] == "mine"
 
 
 def test_create_app_refuses_to_start_in_production_without_secrets(monkeypatch):
