@@ -97,7 +97,7 @@ def load_settings(env: dict | None = None, instance_path: str | None = None) -> 
     strict = relay_env == "production"
     instance = Path(instance_path or "instance")
     stored: dict[str, str] = {}
-    if relay_env == "development":
+    if relay_env == "development" and not all(env.get(name) for name in SECRET_NAMES):
         stored, created = development_secrets(instance)
         if created:
             generated.update(stored)
