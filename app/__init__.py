@@ -80,9 +80,10 @@ def _cli_command() -> str | None:
 
 def register_extensions(app: Flask) -> None:
     from . import db_setup
-    from .extensions import api, db, migrate
+    from .extensions import SessionOnlyWhenSent, api, db, migrate
     from .metrics import init_metrics
 
+    app.session_interface = SessionOnlyWhenSent()
     db.init_app(app)
     migrations = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "migrations"))
     migrate.init_app(app, db, directory=migrations)

@@ -7,12 +7,14 @@ calls, no work that can happen later. It answers 200 only after the commit.
 
 from __future__ import annotations
 
+import base64
 import hmac
 import json
 
 from flask import Blueprint, Response, current_app, request
 
 from . import receive
+from .db_setup import write_transaction
 from .extensions import db
 from .metrics import CALLBACKS
 
@@ -29,11 +31,21 @@ _UNAUTHORIZED = json.dumps(
 
 
 def _authorized() -> bool:
-    """Basic credentials (embedded by us in the callback URLs), compared in constant time."""
+    """Basic credentials (embedded by us in the callback URLs), compared in constant time.
+
+    The header the carrier sends for our own credentials is compared as a whole first (no
+    parsing); anything else is parsed and compared field by field."""
+    cfg = current_app.config
+    expected = cfg.get("_CALLBACK_AUTHORIZATION")
+    if expected is None:
+        token = f"{cfg['CALLBACK_USERNAME']}:{cfg['CALLBACK_PASSWORD']}".encode()
+        expected = cfg["_CALLBACK_AUTHORIZATION"] = b"Basic " + base64.b64encode(token)
+    header = request.environ.get("HTTP_AUTHORIZATION", "").encode("latin-1", "replace")
+    if hmac.compare_digest(header, expected):
+        return True
     auth = request.authorization
     if auth is None or auth.type != "basic":
         return False
-    cfg = current_app.config
     user_ok = hmac.compare_digest(
         (auth.username or "").encode(), cfg["CALLBACK_USERNAME"].encode()
     )
@@ -58,18 +70,18 @@ def _receive(via: str) -> Response:
     else:
         raw = request.get_data(as_text=True)
     payload = receive.parse_raw(request.method, raw)
-    # A plain Core connection, not the ORM session: one short transaction, nothing else.
-    with db.engine.connect() as conn:
+    # A pooled DBAPI connection, not the ORM session: one short transaction, nothing else.
+    # The block commits before the 200 below, which promises the event is stored.
+    with write_transaction(db.engine) as dbapi:
         stored = receive.store_event(
-            conn,
+            receive.RawTx(dbapi, db.engine.dialect),
             via=via,
             method=request.method,
             raw=raw,
             payload=payload,
             content_type=request.content_type,
-            user_agent=request.user_agent.string[:200] or None,
+            user_agent=(request.headers.get("User-Agent") or "")[:200] or None,
         )
-        conn.commit()  # the 200 below promises the event is stored
     CALLBACKS.labels(via, request.method, stored.outcome).inc()
     return Response(status=200)
 

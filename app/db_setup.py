@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -61,3 +63,29 @@ def release_write_lock(record) -> None:
     """Let the next writer in (after commit or rollback, when the connection goes back)."""
     if record.info.pop(LOCKED, False):
         fcntl.flock(record.info[WRITE_LOCK], fcntl.LOCK_UN)
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator:
+    """A pooled DBAPI connection inside one write transaction, committed when the block ends
+    and rolled back if it raises (the callback endpoint's one short transaction).
+
+    SQLite: queue in the kernel, then ``BEGIN IMMEDIATE``; PostgreSQL: the driver opens the
+    transaction with the first statement. The connection goes back to the pool either way,
+    which releases the writers' queue; a connection the server dropped is discarded."""
+    fairy = engine.raw_connection()
+    dbapi = fairy.dbapi_connection
+    try:
+        if engine.dialect.name == "sqlite":
+            acquire_write_lock(fairy.info)
+            dbapi.execute("BEGIN IMMEDIATE")
+        yield dbapi
+        dbapi.commit()
+    except BaseException as exc:
+        if isinstance(exc, engine.dialect.loaded_dbapi.Error) and engine.dialect.is_disconnect(
+            exc, dbapi, None
+        ):
+            fairy.invalidate(exc)
+        raise
+    finally:
+        fairy.close()  # the pool rolls back anything uncommitted

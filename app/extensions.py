@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from flask.sessions import SecureCookieSessionInterface
 from flask_migrate import Migrate
 from flask_smorest import Api
 from flask_sqlalchemy import SQLAlchemy
@@ -25,3 +26,17 @@ class Base(DeclarativeBase):
 db = SQLAlchemy(model_class=Base)
 migrate = Migrate(compare_type=True, render_as_batch=True)
 api = Api()
+
+
+class SessionOnlyWhenSent(SecureCookieSessionInterface):
+    """Flask's signed-cookie session, unpacked only when the request carries the cookie.
+
+    Only the dashboard keeps anything in the session (its CSRF token). Callbacks and API
+    calls never send the cookie, and building the signing serializer for each of them cost a
+    measurable share of a callback's CPU; they get a fresh empty session instead, exactly what
+    the stock interface returns when the cookie is absent."""
+
+    def open_session(self, app, request):
+        if self.get_cookie_name(app) not in request.cookies:
+            return self.session_class()
+        return super().open_session(app, request)

@@ -1,0 +1,58 @@
+"""The durability floor: the bare endpoint plus the least that a 200 meaning "stored" costs.
+
+The same route and parsing as ``bare_app``, then the raw event is inserted into its own SQLite
+database with the relay's settings (WAL, ``synchronous=FULL``, writers queued on ``flock``) and
+committed before the 200: one fsync'd commit per callback and nothing else (no auth, no
+correlation, no state machine). Measured in the same run as the other two, bare → durable is
+what durability alone costs on this machine's disk, and durable → relay is the relay's own work.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+
+from flask import Flask, Response, request
+
+app = Flask(__name__)
+DATABASE = os.environ.get("DURABLE_FLOOR_DATABASE", "durable-floor.sqlite3")
+_local: dict = {}
+
+
+def _connection() -> tuple[sqlite3.Connection, int]:
+    """One connection and one lock file per worker process, opened after the fork."""
+    if _local.get("pid") != os.getpid():
+        con = sqlite3.connect(DATABASE, isolation_level=None)
+        for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=10000"):
+            con.execute(f"PRAGMA {pragma}")
+        con.execute("CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, method TEXT, "
+                    "raw TEXT)")
+        lock = os.open(f"{DATABASE}.writelock", os.O_RDWR | os.O_CREAT, 0o600)
+        _local.update(pid=os.getpid(), con=con, lock=lock)
+    return _local["con"], _local["lock"]
+
+
+@app.route("/callbacks/catapult", methods=["GET", "POST"])
+def catapult() -> Response:
+    """Parse the event like the relay does, store it raw, commit, then answer 200."""
+    if request.method == "GET":
+        raw = request.query_string.decode("utf-8", "replace")
+        payload = request.args.to_dict()
+    else:
+        raw = request.get_data(as_text=True)
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            payload = None
+    del payload
+    con, lock = _connection()
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        con.execute("BEGIN IMMEDIATE")
+        con.execute("INSERT INTO events (method, raw) VALUES (?, ?)", (request.method, raw))
+        con.execute("COMMIT")
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    return Response(status=200)
