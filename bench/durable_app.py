@@ -3,8 +3,10 @@
 The same route and parsing as ``bare_app``, then the raw event is inserted into its own SQLite
 database with the relay's settings (WAL, ``synchronous=FULL``, writers queued on ``flock``) and
 committed before the 200: one fsync'd commit per callback and nothing else (no auth, no
-correlation, no state machine). Measured in the same run as the other two, bare → durable is
-what durability alone costs on this machine's disk, and durable → relay is the relay's own work.
+correlation, no state machine). With ``DURABLE_FLOOR_URL`` (a PostgreSQL URL) the same INSERT
+and COMMIT go to PostgreSQL instead, over one psycopg connection per worker. Measured in the
+same run as the other two, bare → durable is what durability alone costs on this machine, and
+durable → relay is the relay's own work.
 """
 
 from __future__ import annotations
@@ -18,7 +20,23 @@ from flask import Flask, Response, request
 
 app = Flask(__name__)
 DATABASE = os.environ.get("DURABLE_FLOOR_DATABASE", "durable-floor.sqlite3")
+POSTGRESQL_URL = os.environ.get("DURABLE_FLOOR_URL", "").replace("postgresql+psycopg://",
+                                                                  "postgresql://")
 _local: dict = {}
+
+
+def _store_postgresql(method: str, raw: str) -> None:
+    if _local.get("pid") != os.getpid():
+        import psycopg
+
+        con = psycopg.connect(POSTGRESQL_URL)
+        con.execute("CREATE TABLE IF NOT EXISTS durable_floor_events (id BIGSERIAL PRIMARY KEY, "
+                    "method TEXT, raw TEXT)")
+        con.commit()
+        _local.update(pid=os.getpid(), con=con)
+    con = _local["con"]
+    con.execute("INSERT INTO durable_floor_events (method, raw) VALUES (%s, %s)", (method, raw))
+    con.commit()
 
 
 def _connection() -> tuple[sqlite3.Connection, int]:
@@ -47,6 +65,9 @@ def catapult() -> Response:
         except ValueError:
             payload = None
     del payload
+    if POSTGRESQL_URL:
+        _store_postgresql(request.method, raw)
+        return Response(status=200)
     con, lock = _connection()
     fcntl.flock(lock, fcntl.LOCK_EX)
     try:

@@ -1,10 +1,10 @@
 """One callback at a time, in process: what each layer under the HTTP server costs.
 
 The same callbacks go through the relay's app with Flask's test client (no HTTP, no gunicorn),
-recording every SQL statement they run; then exactly those statements are replayed with the
-``sqlite3`` module alone (no SQLAlchemy, no Flask) on a copy of the same database, with
-``synchronous=FULL`` (the relay's setting) and ``NORMAL``. The bare app goes through the test
-client too. Differences between the rows are the cost of each layer.
+recording every SQL statement they run on the DBAPI cursor; then exactly those statements are
+replayed with the ``sqlite3`` module alone (no SQLAlchemy, no Flask) on a copy of the same
+database, with ``synchronous=FULL`` (the relay's setting) and ``NORMAL``. The bare app goes
+through the test client too. Differences between the rows are the cost of each layer.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import shutil
 import sqlite3
 import time
 from pathlib import Path
-
-from sqlalchemy import event
 
 from .servers import Credentials, environment, relay_env
 
@@ -56,7 +54,7 @@ def _replay(database: Path, statements: list[list[tuple]], synchronous: str):
 
 def measure(pristine: Path, corpus: Path, workdir: Path, count: int = 2000) -> list[dict]:
     """Rows of (path, wall ms, CPU ms per callback) for the relay, raw SQLite and the bare app."""
-    from app import create_app
+    from app import create_app, receive
     from app.extensions import db
 
     from .bare_app import app as bare
@@ -68,24 +66,38 @@ def measure(pristine: Path, corpus: Path, workdir: Path, count: int = 2000) -> l
         shutil.copyfile(pristine, copy)
     with environment(relay_env(copies["relay"], creds)):
         relay = create_app()
-    with relay.app_context():
-        engine = db.engine
     recorded: list[list[tuple]] = []
 
-    @event.listens_for(engine, "before_cursor_execute")
-    def _record(_conn, _cursor, statement, parameters, _context, _many):
-        if recorded:
-            recorded[-1].append((statement, parameters))
+    class Recorder:
+        """The relay's DBAPI cursor, noting each statement and its parameters."""
 
-    relay.before_request(lambda: recorded.append([]))  # one list of statements per callback
+        def __init__(self, cursor):
+            self._cursor = cursor
+
+        def execute(self, sql, params=()):
+            recorded[-1].append((sql, params))
+            return self._cursor.execute(sql, params)
+
+        def __getattr__(self, name):
+            return getattr(self._cursor, name)
+
+    plain_execute = receive.Prepared.execute
+    receive.Prepared.execute = lambda self, cursor, params: plain_execute(
+        self, Recorder(cursor), params
+    )
+    # One list of statements per callback; write_transaction opens it with BEGIN IMMEDIATE.
+    relay.before_request(lambda: recorded.append([("BEGIN IMMEDIATE", ())]))
     headers = {"Authorization": creds.callback_auth, "User-Agent": "BandwidthAPI/v1 (bench)"}
-    relay_wall, relay_cpu, bad = _drive(relay, requests, headers)
+    try:
+        relay_wall, relay_cpu, bad = _drive(relay, requests, headers)
+    finally:
+        receive.Prepared.execute = plain_execute
     with relay.app_context():
         db.engine.dispose()
     n = len(requests)
     rows = [
         (
-            "relay in process (Flask test client → SQLAlchemy → SQLite FULL)",
+            "relay in process (Flask test client → relay → SQLite FULL)",
             relay_wall,
             relay_cpu,
             bad,

@@ -187,7 +187,8 @@ def run_pg(wrk: str, workdir: Path, quick: bool = False, log=print) -> dict:
         result["event_mix"] = cluster.event_mix(result.pop("first_id"))
         # The relay has stopped: its backends have exited and flushed their statistics.
         time.sleep(0.5)
-        events = max(1, cluster.count() - events_before)
+        # The durable floor's rows are events too: its server activity is in the same counters.
+        events = max(1, cluster.count() - events_before + cluster.count("durable_floor_events"))
         activity = cluster.activity()
         result["per_event"] = {
             key: round((activity[key] - activity_before[key]) / events, 3) for key in activity
@@ -219,8 +220,10 @@ def measure(
     floor_db = workdir / "durable-floor.sqlite3"
     for stale in workdir.glob("durable-floor.sqlite3*"):
         stale.unlink()
-    durable = Gunicorn("durable", "bench.durable_app:app",
-                       {**base_env(), "DURABLE_FLOOR_DATABASE": str(floor_db)}, workdir)
+    floor_env = {**base_env(), "DURABLE_FLOOR_DATABASE": str(floor_db)}
+    if relay_extra.get("DATABASE_URL"):  # PostgreSQL: the floor commits to the same server
+        floor_env["DURABLE_FLOOR_URL"] = relay_extra["DATABASE_URL"]
+    durable = Gunicorn("durable", "bench.durable_app:app", floor_env, workdir)
     with relay, bare, durable:
         relay.wait_ready("/healthz")
         bare.wait_ready("/callbacks/catapult")
@@ -325,6 +328,12 @@ def _tables(result: dict, heading: str, note: str, target: float) -> list[str]:
     """Figures, per-round detail, commit checks and the event mix of one ingest run."""
     p, s, paced = result["params"], result["summary"], result["paced"]
     bare, relay, floor_ = s["bare"], s["relay"], s["durable"]
+    floor_where = (
+        "in the same PostgreSQL server (its own table, one connection per worker)"
+        if "db_cpu_ms" in relay
+        else "in its own SQLite database with the relay's settings (WAL, `synchronous=FULL`, "
+        "writers queued on `flock`)"
+    )
     ratio = result["ratio"]
     relay_paced, bare_paced = paced["relay"], paced["bare"]
     non2xx = relay["non2xx"] + relay_paced["non2xx"]
@@ -378,9 +387,8 @@ def _tables(result: dict, heading: str, note: str, target: float) -> list[str]:
         f"| | | < {TARGET_RSS_MB:g} MB | {_mark(rss_max < TARGET_RSS_MB)} |",
         "",
         "The durable floor (`bench/durable_app.py`) is the bare endpoint plus one raw INSERT "
-        "committed in its own SQLite database with the relay's settings (WAL, "
-        "`synchronous=FULL`, writers queued on `flock`) before the 200: what a 200 that means "
-        "\"stored\" costs on this disk before any of the relay's own work. "
+        f"committed {floor_where} before the 200: what a 200 that means \"stored\" costs on "
+        "this machine before any of the relay's own work. "
         f"This run: floor / bare = **{result['durable_ratio']:.2f}x**.",
         "",
         "| round | app | req/s | p50 ms | p99 ms | max ms | 2xx | non-2xx | socket errors "
@@ -456,7 +464,8 @@ def markdown_pg(result: dict) -> str:
     per = result["per_event"]
     out += [
         "",
-        "Per stored event, over all relay runs (warm-up included; pg_stat_database, "
+        "Per stored event, over all relay and durable-floor runs (warm-up included; "
+        "pg_stat_database, "
         f"pg_stat_wal): {per['commits']:g} commits, {per['rollbacks']:g} rollbacks, "
         f"{per['wal_records']:g} WAL records ({per['wal_fpi']:g} full-page images), "
         f"{per['wal_bytes']:,.0f} WAL bytes, {per['wal_syncs']:g} WAL fsyncs.",

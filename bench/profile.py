@@ -81,6 +81,12 @@ def layer(frames: list[tuple[str, str, str]]) -> str:
         if "lock_for_write" in names:
             return "SQLite BEGIN IMMEDIATE (C)"
         return "SQLite SELECT/INSERT/UPDATE (C)"
+    # The callback path calls the DBAPI itself: BEGIN IMMEDIATE and COMMIT in
+    # db_setup.write_transaction, the statements in receive.Prepared.execute / .first.
+    if func.endswith("write_transaction") and path == "app/db_setup.py":
+        return "SQLite BEGIN IMMEDIATE + COMMIT (C: WAL write + fsync, synchronous=FULL)"
+    if func.endswith(("Prepared.execute", "Prepared.first")) and path == "app/receive.py":
+        return "SQLite SELECT/INSERT/UPDATE (C)"
     for suffix, prefix, name in LAYERS:
         if func.endswith(suffix) and path.startswith(prefix):
             return name
