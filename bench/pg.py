@@ -192,6 +192,13 @@ class Cluster:
             conn.execute("CHECKPOINT")
         return messages
 
+    def analyze(self) -> None:
+        """``ANALYZE`` the benchmark database (what autovacuum does on its own schedule)."""
+        import psycopg
+
+        with psycopg.connect(self.libpq_url, autocommit=True) as conn:
+            conn.execute("ANALYZE")
+
     def count(self, table: str = "callback_events") -> int:
         import psycopg
 
