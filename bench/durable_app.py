@@ -1,4 +1,5 @@
-"""The durability floor: the bare endpoint plus the least that a 200 meaning "stored" costs.
+"""The database floor: the bare endpoint plus the least that a 200 meaning "stored" costs in a
+database.
 
 The same route and parsing as ``bare_app``, then the raw event is inserted into its own SQLite
 database with the relay's settings (WAL, ``synchronous=FULL``, writers queued on ``flock``) and
