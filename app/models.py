@@ -109,9 +109,10 @@ class Message(db.Model):
     carrier_response: Mapped[dict[str, Any] | None] = mapped_column(JSON_NULLABLE)
     reconciled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
+    # Every index here is written again by each status change a callback makes (PostgreSQL
+    # updates them all), so an index must earn its place. The dispatcher's claim (queued rows,
+    # oldest first) walks ix_messages_status_id.
     __table_args__ = (
-        # The dispatcher's claim: queued rows, oldest first.
-        Index("ix_messages_status_next_attempt", "status", "next_attempt_at"),
         # Filtered lists are newest first (ids sort by time): (filter, id) walks straight to a
         # page without sorting, even with a million rows.
         Index("ix_messages_status_id", "status", "id"),
