@@ -378,8 +378,7 @@ class StoredEvent:
 
 
 def store_event(target: Session | Connection | RawTx, *, via: str, method: str, raw: str,
-                payload: Any,
-                content_type: str | None = None, user_agent: str | None = None,
+                payload: Any, content_type: str | None = None, user_agent: str | None = None,
                 now: datetime | None = None) -> StoredEvent:
     """Insert the raw event and apply it. The event is stored whatever happens next.
 
