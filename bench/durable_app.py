@@ -13,11 +13,12 @@ durable → relay is the relay's own work.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import sqlite3
 
 from flask import Flask, Response, request
+
+from .bare_app import parse_event
 
 app = Flask(__name__)
 DATABASE = os.environ.get("DURABLE_FLOOR_DATABASE", "durable-floor.sqlite3")
@@ -56,16 +57,7 @@ def _connection() -> tuple[sqlite3.Connection, int]:
 @app.route("/callbacks/catapult", methods=["GET", "POST"])
 def catapult() -> Response:
     """Parse the event like the relay does, store it raw, commit, then answer 200."""
-    if request.method == "GET":
-        raw = request.query_string.decode("utf-8", "replace")
-        payload = request.args.to_dict()
-    else:
-        raw = request.get_data(as_text=True)
-        try:
-            payload = json.loads(raw)
-        except ValueError:
-            payload = None
-    del payload
+    raw = parse_event()
     if POSTGRESQL_URL:
         _store_postgresql(request.method, raw)
         return Response(status=200)

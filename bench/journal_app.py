@@ -10,10 +10,11 @@ durable callback endpoint can reach against the bare one.
 
 from __future__ import annotations
 
-import json
 import os
 
 from flask import Flask, Response, request
+
+from .bare_app import parse_event
 
 app = Flask(__name__)
 FOLDER = os.environ.get("JOURNAL_FLOOR_FOLDER", ".")
@@ -38,16 +39,7 @@ def _journal() -> dict:
 @app.route("/callbacks/catapult", methods=["GET", "POST"])
 def catapult() -> Response:
     """Parse the event like the relay does, write it to the journal, fdatasync, answer 200."""
-    if request.method == "GET":
-        raw = request.query_string.decode("utf-8", "replace")
-        payload = request.args.to_dict()
-    else:
-        raw = request.get_data(as_text=True)
-        try:
-            payload = json.loads(raw)
-        except ValueError:
-            payload = None
-    del payload
+    raw = parse_event()
     journal = _journal()
     record = f"{request.method}\t{raw}\n".encode()
     if journal["offset"] + len(record) > SIZE:
