@@ -72,7 +72,7 @@ def write_transaction(engine: Engine) -> Iterator:
 
     SQLite: queue in the kernel, then ``BEGIN IMMEDIATE``; PostgreSQL: the driver opens the
     transaction with the first statement. The connection goes back to the pool either way,
-    which releases the writers' queue; a connection the server dropped is discarded."""
+    which releases the writers' queue; when the server dropped it, the pool is renewed."""
     fairy = engine.raw_connection()
     dbapi = fairy.dbapi_connection
     try:
@@ -81,11 +81,18 @@ def write_transaction(engine: Engine) -> Iterator:
             dbapi.execute("BEGIN IMMEDIATE")
         yield dbapi
         dbapi.commit()
-    except BaseException as exc:
-        if isinstance(exc, engine.dialect.loaded_dbapi.Error) and engine.dialect.is_disconnect(
-            exc, dbapi, None
-        ):
-            fairy.invalidate(exc)
-        raise
+    except engine.dialect.loaded_dbapi.Error as exc:
+        if not engine.dialect.is_disconnect(exc, dbapi, None):
+            raise
+        # The server is gone or was replaced: the other pooled connections are as stale as
+        # this one (SQLAlchemy's own reaction too), so start over with a fresh pool.
+        fairy.invalidate(exc)
+        engine.dispose()
+        raise ConnectionLost(str(exc)) from exc
     finally:
         fairy.close()  # the pool rolls back anything uncommitted
+
+
+class ConnectionLost(Exception):
+    """The database connection broke inside ``write_transaction`` (a server restart, a
+    failover); nothing of that transaction was committed unless it broke in the commit."""

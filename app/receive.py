@@ -122,13 +122,17 @@ _PREPARED: dict[tuple, Prepared] = {}
 
 
 class RawTx:
-    """A DBAPI connection inside a write transaction, and its dialect's prepared statements."""
+    """A DBAPI connection inside a write transaction, and its dialect's prepared statements.
 
-    __slots__ = ("cursor", "dialect", "_key")
+    ``statements`` counts the statements that completed: while it is 0 the server has done
+    nothing for this transaction."""
+
+    __slots__ = ("cursor", "dialect", "statements", "_key")
 
     def __init__(self, dbapi_connection, dialect: Dialect):
         self.cursor = dbapi_connection.cursor()
         self.dialect = dialect
+        self.statements = 0
         self._key = (dialect.name, dialect.driver, dialect.paramstyle)
 
     def prepared(self, statement: Executable, keys: tuple[str, ...] | None = None) -> Prepared:
@@ -138,12 +142,17 @@ class RawTx:
             found = _PREPARED[key] = Prepared(statement, self.dialect, keys)
         return found
 
-    def first(self, statement: Executable, params: dict[str, Any]) -> Record | None:
-        return self.prepared(statement).first(self.cursor, params)
+    def first(self, statement: Executable, params: dict[str, Any],
+              keys: tuple[str, ...] | None = None) -> Record | None:
+        row = self.prepared(statement, keys).first(self.cursor, params)
+        self.statements += 1
+        return row
 
     def run(self, statement: Executable, params: dict[str, Any]):
         """Execute with exactly ``params``' keys as the statement's values (INSERT/UPDATE)."""
-        return self.prepared(statement, tuple(params)).execute(self.cursor, params)
+        cursor = self.prepared(statement, tuple(params)).execute(self.cursor, params)
+        self.statements += 1
+        return cursor
 
     @classmethod
     def of(cls, target: Session | Connection | RawTx) -> RawTx:
@@ -358,7 +367,7 @@ def _find(tx: RawTx, event: dict):
 def _insert_event(tx: RawTx, row: dict) -> int:
     if tx.dialect.name == "sqlite":
         return tx.run(_INSERT_EVENT, row).lastrowid
-    return tx.prepared(_INSERT_EVENT_RETURNING, tuple(row)).first(tx.cursor, row).id
+    return tx.first(_INSERT_EVENT_RETURNING, row, keys=tuple(row)).id
 
 
 @dataclass
