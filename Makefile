@@ -26,7 +26,7 @@ chromium:
 demo: $(STAMP)
 	$(BIN)/python -m app.demo
 
-bench: $(STAMP)
+bench: $(STAMP) postgresql
 	$(BIN)/python -m bench
 
 lint: $(STAMP)
