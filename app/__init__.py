@@ -51,8 +51,11 @@ def register_config(app: Flask, config: dict | None) -> None:
     if settings.generated and app.config["RELAY_ENV"] == "development":
         # Printed once, when first generated; kept in instance/dev-secrets.json afterwards.
         shown = ", ".join(f"{k}={v}" for k, v in sorted(settings.generated.items()))
-        print(f"RELAY_ENV=development: generated local secrets ({shown}); "
-              f"they are kept in {app.instance_path}/dev-secrets.json", file=sys.stderr)
+        print(
+            f"RELAY_ENV=development: generated local secrets ({shown}); "
+            f"they are kept in {app.instance_path}/dev-secrets.json",
+            file=sys.stderr,
+        )
     if settings.errors and not (config and config.get("TESTING")):
         message = "Invalid configuration:\n  - " + "\n  - ".join(settings.errors)
         if os.environ.get("FLASK_RUN_FROM_CLI") and _cli_command() in TOLERANT_COMMANDS:

@@ -51,7 +51,9 @@ def require_bearer():
                 request.environ["relay.api_key"] = key
                 return None
     raise ApiError(
-        401, "authentication", "unauthorized",
+        401,
+        "authentication",
+        "unauthorized",
         "A valid 'Authorization: Bearer <API key>' header is required.",
         headers={"WWW-Authenticate": 'Bearer realm="api"'},
     )
@@ -63,7 +65,9 @@ def require_bearer():
 def _read_body():
     if not request.is_json:
         raise ApiError(
-            400, "bad-request", "unsupported-media-type",
+            400,
+            "bad-request",
+            "unsupported-media-type",
             "Send the message as JSON with 'Content-Type: application/json'.",
         )
     raw = request.get_data(cache=True)
@@ -82,7 +86,9 @@ def _idempotency_key() -> str | None:
     key = key.strip()
     if not key or len(key) > 200:
         raise ApiError(
-            400, "bad-request", "validation-error",
+            400,
+            "bad-request",
+            "validation-error",
             "Idempotency-Key must be 1 to 200 characters.",
         )
     # Scoped per API key, so two clients cannot see each other's answers.
@@ -93,7 +99,9 @@ def _idempotency_key() -> str | None:
 def _replay(row: IdempotencyKey, request_hash: str):
     if row.request_hash != request_hash:
         raise ApiError(
-            422, "bad-request", "idempotency-key-reused",
+            422,
+            "bad-request",
+            "idempotency-key-reused",
             "This Idempotency-Key was already used with a different request body.",
         )
     response = jsonify(row.body)
@@ -114,8 +122,11 @@ def _replay(row: IdempotencyKey, request_hash: str):
                 "schema": {
                     "oneOf": [
                         {"$ref": "#/components/schemas/SendRequest"},
-                        {"type": "array", "maxItems": 50,
-                         "items": {"$ref": "#/components/schemas/SendRequest"}},
+                        {
+                            "type": "array",
+                            "maxItems": 50,
+                            "items": {"$ref": "#/components/schemas/SendRequest"},
+                        },
                     ]
                 }
             }
@@ -140,8 +151,13 @@ def send_messages():
     status, payload, location = _enqueue(body)
     if key is not None:
         db.session.add(
-            IdempotencyKey(key=key, request_hash=request_hash, status_code=status,
-                           body=payload, location=location)
+            IdempotencyKey(
+                key=key,
+                request_hash=request_hash,
+                status_code=status,
+                body=payload,
+                location=location,
+            )
         )
     try:
         db.session.commit()
@@ -168,8 +184,9 @@ def _enqueue(body):
                 items.append({"result": "error", "error": result.to_dict()})
             else:
                 message = next(created)
-                items.append({"result": "accepted", "id": message.id,
-                              "location": _location(message.id)})
+                items.append(
+                    {"result": "accepted", "id": message.id, "location": _location(message.id)}
+                )
         API_MESSAGES.inc(len(valid))
         return 202, items, None
     message = messaging.enqueue(db.session, [validate_message(body)])[0]

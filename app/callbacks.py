@@ -46,9 +46,7 @@ def _authorized() -> bool:
     auth = request.authorization
     if auth is None or auth.type != "basic":
         return False
-    user_ok = hmac.compare_digest(
-        (auth.username or "").encode(), cfg["CALLBACK_USERNAME"].encode()
-    )
+    user_ok = hmac.compare_digest((auth.username or "").encode(), cfg["CALLBACK_USERNAME"].encode())
     password_ok = hmac.compare_digest(
         (auth.password or "").encode(), cfg["CALLBACK_PASSWORD"].encode()
     )

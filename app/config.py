@@ -58,9 +58,17 @@ def _float(env, name, default, errors):
     return value
 
 
-SECRET_NAMES = ("API_KEYS", "CALLBACK_USERNAME", "CALLBACK_PASSWORD", "CATAPULT_USER_ID",
-                "CATAPULT_API_TOKEN", "CATAPULT_API_SECRET", "DASHBOARD_USERNAME",
-                "DASHBOARD_PASSWORD", "SECRET_KEY")
+SECRET_NAMES = (
+    "API_KEYS",
+    "CALLBACK_USERNAME",
+    "CALLBACK_PASSWORD",
+    "CATAPULT_USER_ID",
+    "CATAPULT_API_TOKEN",
+    "CATAPULT_API_SECRET",
+    "DASHBOARD_USERNAME",
+    "DASHBOARD_PASSWORD",
+    "SECRET_KEY",
+)
 
 
 def development_secrets(instance: Path) -> tuple[dict[str, str], bool]:

@@ -39,8 +39,11 @@ from .models import STATUSES, CallbackEvent, Message, Rollup, utcnow
 from .reconcile import find_message
 
 bp = Blueprint(
-    "dashboard", __name__, url_prefix="/dashboard",
-    template_folder="templates", static_folder="static",
+    "dashboard",
+    __name__,
+    url_prefix="/dashboard",
+    template_folder="templates",
+    static_folder="static",
 )
 
 CSP = (
@@ -49,8 +52,11 @@ CSP = (
 )
 PAGE_SIZE = 50
 WINDOWS = {
-    "15m": timedelta(minutes=15), "1h": timedelta(hours=1), "6h": timedelta(hours=6),
-    "24h": timedelta(days=1), "7d": timedelta(days=7),
+    "15m": timedelta(minutes=15),
+    "1h": timedelta(hours=1),
+    "6h": timedelta(hours=6),
+    "24h": timedelta(days=1),
+    "7d": timedelta(days=7),
 }
 # Overview chart: seconds per bucket for each window (a few dozen points per line).
 CHART_STEPS = {"15m": 60, "1h": 60, "6h": 300, "24h": 3600, "7d": 3600}
@@ -59,14 +65,26 @@ STUCK_AFTER = timedelta(minutes=5)
 STUCK_STATUSES = ("queued", "sending", "unknown", "accepted", "sent")
 # catapult-v1.md §3: what the carrier's deliveryCode means, for receipts without a description.
 DELIVERY_CODES = {
-    0: "Delivered to carrier", 100: "Not delivered to carrier", 187: "Spam (statistical)",
-    188: "Spam (keyword)", 189: "Spam (generic)", 482: "Loop detected",
-    600: "Destination carrier queue full", 610: "submit_sm failed",
-    620: "Destination app error", 630: "NACK", 650: "Destination failure",
-    700: "Invalid service type", 720: "Invalid destination address",
-    740: "Invalid source address", 750: "Destination rejected message",
-    751: "Destination rejected message (too large)", 770: "Destination rejected, spam",
-    775: "Rejected, user opt-out", 902: "Message expired", 999: "Unknown error",
+    0: "Delivered to carrier",
+    100: "Not delivered to carrier",
+    187: "Spam (statistical)",
+    188: "Spam (keyword)",
+    189: "Spam (generic)",
+    482: "Loop detected",
+    600: "Destination carrier queue full",
+    610: "submit_sm failed",
+    620: "Destination app error",
+    630: "NACK",
+    650: "Destination failure",
+    700: "Invalid service type",
+    720: "Invalid destination address",
+    740: "Invalid source address",
+    750: "Destination rejected message",
+    751: "Destination rejected message (too large)",
+    770: "Destination rejected, spam",
+    775: "Rejected, user opt-out",
+    902: "Message expired",
+    999: "Unknown error",
 }
 # user:pass@ in a URL: plain, JSON-escaped (:\/\/) or percent-encoded (GET callback bodies).
 _URL_CREDENTIALS = re.compile(
@@ -88,7 +106,8 @@ def require_basic_auth():
             return None
     return Response(
         "<!doctype html><title>401</title><p>The dashboard needs its username and password.",
-        401, {"WWW-Authenticate": 'Basic realm="relay dashboard", charset="UTF-8"'},
+        401,
+        {"WWW-Authenticate": 'Basic realm="relay dashboard", charset="UTF-8"'},
         mimetype="text/html",
     )
 
@@ -140,9 +159,16 @@ def html_crash(err: Exception):
 @bp.context_processor
 def template_helpers() -> dict:
     """Helpers every dashboard template may call."""
-    return {"csrf_token": csrf_token, "fmt_time": fmt_time, "pretty": pretty,
-            "page_url": page_url, "statuses": STATUSES, "windows": WINDOWS,
-            "code_meaning": DELIVERY_CODES.get, "refresh_seconds": _refresh_seconds()}
+    return {
+        "csrf_token": csrf_token,
+        "fmt_time": fmt_time,
+        "pretty": pretty,
+        "page_url": page_url,
+        "statuses": STATUSES,
+        "windows": WINDOWS,
+        "code_meaning": DELIVERY_CODES.get,
+        "refresh_seconds": _refresh_seconds(),
+    }
 
 
 # ---------------------------------------------------------------- pages
@@ -159,8 +185,11 @@ def overview():
 def _figures(window: str) -> dict:
     now = utcnow()
     since = now - WINDOWS[window]
-    return {"stats": queries.stats(db.session, since), "as_of": now,
-            "chart": _chart(since, now, CHART_STEPS[window])}
+    return {
+        "stats": queries.stats(db.session, since),
+        "as_of": now,
+        "chart": _chart(since, now, CHART_STEPS[window]),
+    }
 
 
 def _cached(key, ttl: timedelta, compute):
@@ -190,11 +219,15 @@ def message(message_id):
     """Every field of one message and its timeline: send exchange, events, transitions."""
     found = _message_or_404(message_id)
     events = db.session.scalars(
-        select(CallbackEvent).where(CallbackEvent.message_id == found.id)
-        .order_by(CallbackEvent.id)
+        select(CallbackEvent).where(CallbackEvent.message_id == found.id).order_by(CallbackEvent.id)
     ).all()
-    return _render("message", m=found, events=events, strays=_strays(found),
-                   transitions=_transitions(found, events))
+    return _render(
+        "message",
+        m=found,
+        events=events,
+        strays=_strays(found),
+        transitions=_transitions(found, events),
+    )
 
 
 @bp.post("/messages/<message_id>/reconcile")
@@ -254,10 +287,13 @@ def _strays(message: Message):
     if not message.carrier_message_id:
         return []
     return db.session.scalars(
-        select(CallbackEvent).where(
+        select(CallbackEvent)
+        .where(
             CallbackEvent.carrier_message_id == message.carrier_message_id,
             CallbackEvent.message_id.is_(None),
-        ).order_by(CallbackEvent.id).limit(100)
+        )
+        .order_by(CallbackEvent.id)
+        .limit(100)
     ).all()
 
 
@@ -271,8 +307,9 @@ def _transitions(message: Message, events) -> list[tuple[str, datetime | None, s
         steps.append((message.status, message.final_at or message.updated_at, "send outcome"))
     for event in events:
         if event.applied and event.status_after and message.direction == "out":
-            steps.append((event.status_after, event.received_at, f"event #{event.id} via "
-                          f"{event.via}"))
+            steps.append(
+                (event.status_after, event.received_at, f"event #{event.id} via {event.via}")
+            )
     return sorted(steps, key=lambda step: step[1] or message.created_at)
 
 
@@ -286,8 +323,9 @@ def _limit() -> int:
 def _cursors(kind) -> tuple:
     """(after, before): page older than ``after`` or newer than ``before``."""
     try:
-        return tuple(kind(request.args[k]) if request.args.get(k) else None
-                     for k in ("after", "before"))
+        return tuple(
+            kind(request.args[k]) if request.args.get(k) else None for k in ("after", "before")
+        )
     except ValueError:
         abort(400, "Invalid page cursor.")
 
@@ -342,12 +380,16 @@ def _message_selects(f: dict) -> list:
     if f["since"]:
         stmt = stmt.where(Message.created_at >= f["since"], Message.id >= id_floor(f["since"]))
     if f["until"]:
-        stmt = stmt.where(Message.created_at < f["until"],
-                          Message.id < id_floor(f["until"] + timedelta(seconds=1)))
+        stmt = stmt.where(
+            Message.created_at < f["until"],
+            Message.id < id_floor(f["until"] + timedelta(seconds=1)),
+        )
     if not f["number"]:
         return [stmt]
-    return [stmt.where(Message.from_number == f["number"]),
-            stmt.where(Message.to_number == f["number"])]
+    return [
+        stmt.where(Message.from_number == f["number"]),
+        stmt.where(Message.to_number == f["number"]),
+    ]
 
 
 def _event_filters() -> tuple[dict, list[str]]:
@@ -388,13 +430,19 @@ def _event_time_bound(stmt, when: datetime, op: str):
     slack = timedelta(minutes=1)
     if op == "ge":
         edge = db.session.scalar(
-            select(CallbackEvent.id).where(CallbackEvent.received_at < when - slack)
-            .order_by(CallbackEvent.received_at.desc()).limit(1))
+            select(CallbackEvent.id)
+            .where(CallbackEvent.received_at < when - slack)
+            .order_by(CallbackEvent.received_at.desc())
+            .limit(1)
+        )
         stmt = stmt.where(CallbackEvent.received_at >= when)
         return stmt.where(CallbackEvent.id > edge) if edge is not None else stmt
     edge = db.session.scalar(
-        select(CallbackEvent.id).where(CallbackEvent.received_at >= when + slack)
-        .order_by(CallbackEvent.received_at).limit(1))
+        select(CallbackEvent.id)
+        .where(CallbackEvent.received_at >= when + slack)
+        .order_by(CallbackEvent.received_at)
+        .limit(1)
+    )
     stmt = stmt.where(CallbackEvent.received_at < when)
     return stmt.where(CallbackEvent.id < edge) if edge is not None else stmt
 
@@ -432,8 +480,11 @@ def page_url(**changes) -> str:
     """This page's URL with the filters kept, cursors dropped and ``changes`` applied."""
     args = {k: v for k, v in request.args.items() if k not in ("after", "before")}
     args.update(changes)
-    return url_for(request.endpoint, **(request.view_args or {}),
-                   **{k: v for k, v in args.items() if v not in (None, "")})
+    return url_for(
+        request.endpoint,
+        **(request.view_args or {}),
+        **{k: v for k, v in args.items() if v not in (None, "")},
+    )
 
 
 # ---------------------------------------------------------------- overview figures
@@ -451,8 +502,10 @@ def _stuck(now: datetime) -> list[dict]:
     ).all()
     counts = dict(rows)
     until = cutoff.isoformat(timespec="seconds")
-    return [{"status": s, "count": counts.get(s, 0),
-             "url": url_for(".messages", status=s, until=until)} for s in STUCK_STATUSES]
+    return [
+        {"status": s, "count": counts.get(s, 0), "url": url_for(".messages", status=s, until=until)}
+        for s in STUCK_STATUSES
+    ]
 
 
 def _epoch_bucket(column, step: int):
@@ -474,8 +527,9 @@ def _chart(since: datetime, now: datetime, step: int) -> dict:
     points: list[tuple[str, int, int]] = []
     if step % int(rollups.BUCKET.total_seconds()) == 0 and covered and first < covered:
         for bucket, status, count in db.session.execute(
-            select(Rollup.bucket, Rollup.key, Rollup.count)
-            .where(Rollup.kind == "status", Rollup.bucket >= first, Rollup.bucket < covered)
+            select(Rollup.bucket, Rollup.key, Rollup.count).where(
+                Rollup.kind == "status", Rollup.bucket >= first, Rollup.bucket < covered
+            )
         ):
             points += _chart_points(status, int(bucket.timestamp()) // step, count)
         live = [(since, first), (covered, None)]
@@ -488,8 +542,9 @@ def _chart(since: datetime, now: datetime, step: int) -> dict:
         ):
             points += _chart_points(status_of, index, count)
     last = int(now.timestamp()) // step  # the current, still filling bucket is the last
-    return _chart_geometry(points, last - int((now - since).total_seconds()) // step + 1, last,
-                           step)
+    return _chart_geometry(
+        points, last - int((now - since).total_seconds()) // step + 1, last, step
+    )
 
 
 SENT_STATUSES = ("accepted", "sent", "delivered", "not-delivered", "error")
@@ -503,8 +558,12 @@ def _chart_points(status: str, index: int, count: int) -> list[tuple[str, int, i
     return points
 
 
-SERIES = (("sent", "sent"), ("delivered", "delivered"), ("not-delivered", "not delivered"),
-          ("error", "error / rejected"))
+SERIES = (
+    ("sent", "sent"),
+    ("delivered", "delivered"),
+    ("not-delivered", "not delivered"),
+    ("error", "error / rejected"),
+)
 FINAL_SERIES = ("delivered", "not-delivered", "error", "rejected")
 
 
@@ -525,13 +584,25 @@ def _chart_geometry(rows, first: int, last: int, step: int) -> dict:
 
     short = slice(11, 16) if n * step <= 86400 else slice(5, 16)
     return {
-        "n": n, "top": top, "mid": top // 2, "step": step,
-        "series": [{"name": name, "label": text, "total": sum(counts[name]),
-                    "points": " ".join(f"{i + 0.5},{100 - v * 100 / top:.2f}"
-                                       for i, v in enumerate(counts[name]))}
-                   for name, text in SERIES],
-        "slots": [f"{when(i)} UTC: " + ", ".join(f"{text} {counts[name][i]}"
-                                                 for name, text in SERIES) for i in range(n)],
+        "n": n,
+        "top": top,
+        "mid": top // 2,
+        "step": step,
+        "series": [
+            {
+                "name": name,
+                "label": text,
+                "total": sum(counts[name]),
+                "points": " ".join(
+                    f"{i + 0.5},{100 - v * 100 / top:.2f}" for i, v in enumerate(counts[name])
+                ),
+            }
+            for name, text in SERIES
+        ],
+        "slots": [
+            f"{when(i)} UTC: " + ", ".join(f"{text} {counts[name][i]}" for name, text in SERIES)
+            for i in range(n)
+        ],
         "ticks": [when(i)[short] for i in (0, n // 2, n - 1)],
     }
 
@@ -556,8 +627,11 @@ def pretty(value) -> str:
     """JSON (or raw text) for a <pre>, credentials redacted; plain text, so Jinja escapes it."""
     if value is None:
         return "—"
-    text = value if isinstance(value, str) else json.dumps(value, indent=2, ensure_ascii=False,
-                                                          sort_keys=True, default=str)
+    text = (
+        value
+        if isinstance(value, str)
+        else json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
+    )
     return redact(text)
 
 

@@ -51,8 +51,9 @@ class Processes:
 
     def start(self, args: list[str], env: dict, log: Path) -> subprocess.Popen:
         handle = open(log, "wb")  # noqa: SIM115 - closed with the process below
-        proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            args, env=env, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
         proc.log_handle = handle  # type: ignore[attr-defined]
         self.procs.append(proc)
         return proc
@@ -72,9 +73,11 @@ class Processes:
 
 def sample_traffic(base: str, headers: dict) -> None:
     """Single SMS, a batch of 50, MMS with media, user tags, and a few invalid requests."""
+
     def post(body, note, extra=None):
-        response = requests.post(f"{base}/api/messages", json=body,
-                                 headers={**headers, **(extra or {})}, timeout=10)
+        response = requests.post(
+            f"{base}/api/messages", json=body, headers={**headers, **(extra or {})}, timeout=10
+        )
         summary = response.json()
         if isinstance(summary, list):
             accepted = sum(1 for item in summary if item["result"] == "accepted")
@@ -88,12 +91,17 @@ def sample_traffic(base: str, headers: dict) -> None:
     sms = {"from": "+19195550100", "to": "+19195550101"}
     print("Sending sample traffic through POST /api/messages:")
     post({**sms, "text": "Hello from the Catapult relay"}, "one SMS")
-    post([{**sms, "to": f"+1919555{2000 + i:04d}", "text": f"Batch message {i}"}
-          for i in range(50)], "a batch of 50")
+    post(
+        [{**sms, "to": f"+1919555{2000 + i:04d}", "text": f"Batch message {i}"} for i in range(50)],
+        "a batch of 50",
+    )
     post({**sms, "text": "A picture", "media": ["https://example.com/cat.jpg"]}, "an MMS")
     for i, tag in enumerate(["order-1001", "order-1002", "campaign-spring"]):
-        post({**sms, "to": f"+1919555030{i}", "text": "Your order shipped", "tag": tag},
-             f"SMS tagged {tag!r}", {"Idempotency-Key": f"demo-{tag}"})
+        post(
+            {**sms, "to": f"+1919555030{i}", "text": "Your order shipped", "tag": tag},
+            f"SMS tagged {tag!r}",
+            {"Idempotency-Key": f"demo-{tag}"},
+        )
     print("Invalid requests (answered in Catapult's error shape; nothing is queued):")
     post({**sms, "text": "x" * 2049}, "text over 2048 characters")
     post({"to": "+19195550101", "text": "no sender"}, "missing 'from'")
@@ -113,13 +121,20 @@ def summary_line(base: str, headers: dict) -> tuple[str, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--duration", type=float, default=float(os.environ.get("DEMO_DURATION",
-                                                                                "0")),
-                        help="stop after this many seconds (0: run until Ctrl-C)")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=float(os.environ.get("DEMO_DURATION", "0")),
+        help="stop after this many seconds (0: run until Ctrl-C)",
+    )
     parser.add_argument("--scenario", default="realistic")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--instance", type=Path, default=ROOT / "instance",
-                        help="folder for the database and the server logs")
+    parser.add_argument(
+        "--instance",
+        type=Path,
+        default=ROOT / "instance",
+        help="folder for the database and the server logs",
+    )
     args = parser.parse_args(argv)
 
     instance = args.instance.resolve()
@@ -130,9 +145,18 @@ def main(argv: list[str] | None = None) -> int:
     relay_port, sandbox_port = free_port(), free_port()
     relay = f"http://127.0.0.1:{relay_port}"
     sandbox = f"http://127.0.0.1:{sandbox_port}"
-    creds = {name: secrets.token_urlsafe(12) for name in (
-        "API_KEYS", "CALLBACK_USERNAME", "CALLBACK_PASSWORD", "DASHBOARD_PASSWORD",
-        "SECRET_KEY", "CATAPULT_API_TOKEN", "CATAPULT_API_SECRET")}
+    creds = {
+        name: secrets.token_urlsafe(12)
+        for name in (
+            "API_KEYS",
+            "CALLBACK_USERNAME",
+            "CALLBACK_PASSWORD",
+            "DASHBOARD_PASSWORD",
+            "SECRET_KEY",
+            "CATAPULT_API_TOKEN",
+            "CATAPULT_API_SECRET",
+        )
+    }
     env = {
         **os.environ,
         **creds,
@@ -149,8 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     flask = [str(BIN / "flask"), "--app", "wsgi"]
     print(f"Migrating {database} ...", flush=True)
-    subprocess.run([*flask, "db", "upgrade"], env=env, cwd=ROOT, check=True,
-                   capture_output=True)
+    subprocess.run([*flask, "db", "upgrade"], env=env, cwd=ROOT, check=True, capture_output=True)
 
     procs = Processes()
     stop = {"now": False}
@@ -161,22 +184,56 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        procs.start([*flask, "sandbox", "--host", "127.0.0.1", "--port", str(sandbox_port),
-                     "--scenario", args.scenario, "--seed", str(args.seed),
-                     "--user-id", "u-demo", "--token", creds["CATAPULT_API_TOKEN"],
-                     "--secret", creds["CATAPULT_API_SECRET"]], env, instance / "sandbox.log")
-        procs.start([str(BIN / "gunicorn"), "wsgi:app", "--bind", f"127.0.0.1:{relay_port}",
-                     "--workers", "2", "--config", str(ROOT / "gunicorn.conf.py")],
-                    env, instance / "relay.log")
+        procs.start(
+            [
+                *flask,
+                "sandbox",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(sandbox_port),
+                "--scenario",
+                args.scenario,
+                "--seed",
+                str(args.seed),
+                "--user-id",
+                "u-demo",
+                "--token",
+                creds["CATAPULT_API_TOKEN"],
+                "--secret",
+                creds["CATAPULT_API_SECRET"],
+            ],
+            env,
+            instance / "sandbox.log",
+        )
+        procs.start(
+            [
+                str(BIN / "gunicorn"),
+                "wsgi:app",
+                "--bind",
+                f"127.0.0.1:{relay_port}",
+                "--workers",
+                "2",
+                "--config",
+                str(ROOT / "gunicorn.conf.py"),
+            ],
+            env,
+            instance / "relay.log",
+        )
         wait_until_up(f"{sandbox}/sandbox/messages")
         wait_until_up(f"{relay}/readyz")
         print(f"Catapult sandbox ({args.scenario}): {sandbox}   log: {instance}/sandbox.log")
         print(f"Relay (gunicorn, 2 workers):  {relay}   log: {instance}/relay.log")
         print(f"API key (Bearer):  {creds['API_KEYS']}")
-        print(f"Dashboard:         {relay}/dashboard   user admin, "
-              f"password {creds['DASHBOARD_PASSWORD']}")
-        print(f"Status API:        curl -H 'Authorization: Bearer {creds['API_KEYS']}' "
-              f"{relay}/api/stats\n", flush=True)
+        print(
+            f"Dashboard:         {relay}/dashboard   user admin, "
+            f"password {creds['DASHBOARD_PASSWORD']}"
+        )
+        print(
+            f"Status API:        curl -H 'Authorization: Bearer {creds['API_KEYS']}' "
+            f"{relay}/api/stats\n",
+            flush=True,
+        )
         headers = {"Authorization": f"Bearer {creds['API_KEYS']}"}
         sample_traffic(relay, headers)
         print("\nLive summary (Ctrl-C to stop):", flush=True)
@@ -190,8 +247,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  [{time.monotonic() - started:5.1f}s] {line}", flush=True)
                 last = line
             time.sleep(1)
-        example = requests.get(f"{relay}/api/messages?status=delivered&limit=1",
-                               headers=headers, timeout=10).json()["items"]
+        example = requests.get(
+            f"{relay}/api/messages?status=delivered&limit=1", headers=headers, timeout=10
+        ).json()["items"]
         if example:
             print(f"\nA delivered message: {json.dumps(example[0])}")
     finally:

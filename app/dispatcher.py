@@ -239,8 +239,11 @@ class Dispatcher:
             return 0
         self._next_reconcile = now_m + RECONCILE_INTERVAL
         return reconcile.reconcile_stale(
-            self.engine, self.client, after_s=self.reconcile_after_s,
-            default_receipt=self.receipt_requested, now=self.wall_clock(),
+            self.engine,
+            self.client,
+            after_s=self.reconcile_after_s,
+            default_receipt=self.receipt_requested,
+            now=self.wall_clock(),
         )
 
     def refresh_rollups(self) -> int:

@@ -82,8 +82,7 @@ def register_error_handlers(app: Flask) -> None:
             body = {
                 "category": "bad-request",
                 "code": "validation-error",
-                "message": "Invalid query parameters: "
-                + ", ".join(d["name"] for d in details[3:]),
+                "message": "Invalid query parameters: " + ", ".join(d["name"] for d in details[3:]),
                 "details": details,
             }
             return jsonify(body), status

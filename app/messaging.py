@@ -163,9 +163,15 @@ def release_stale_claims(session: Session, holder: str, now=None) -> int:
     result = session.execute(
         update(Message)
         .where(Message.status == "sending", Message.claimed_by != holder)
-        .values(status="unknown", claimed_by=None, updated_at=now,
-                error={"category": "unavailable", "code": "dispatcher-lost",
-                       "message": "The dispatcher stopped while sending; outcome unknown."})
+        .values(
+            status="unknown",
+            claimed_by=None,
+            updated_at=now,
+            error={
+                "category": "unavailable",
+                "code": "dispatcher-lost",
+                "message": "The dispatcher stopped while sending; outcome unknown.",
+            },
+        )
     )
     return result.rowcount
-

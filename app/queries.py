@@ -90,8 +90,10 @@ def stats(session: Session, since: datetime | None) -> dict:
     if covered is None or (first is not None and first >= covered):
         statuses, _, events = rollups.counts(session, since, None)
         base = [Message.created_at >= since] if since is not None else []
-        timed = session.scalar(
-            select(func.count()).where(*base, Message.receipt_seconds.is_not(None))) or 0
+        timed = (
+            session.scalar(select(func.count()).where(*base, Message.receipt_seconds.is_not(None)))
+            or 0
+        )
         p50, p95 = (_percentile(session, base, timed, f) for f in (0.50, 0.95))
     else:
         statuses, classes, events = rollups.rolled(session, first, covered)
@@ -103,9 +105,15 @@ def stats(session: Session, since: datetime | None) -> dict:
         p50, p95 = (rollups.percentile(classes, f) for f in (0.50, 0.95))
     counts = {status: statuses.get(status, 0) for status in STATUSES}
     finished = counts["delivered"] + counts["not-delivered"] + counts["error"]
-    unmatched = session.scalar(select(func.count()).where(
-        CallbackEvent.message_id.is_(None),
-        *([CallbackEvent.received_at >= since] if since is not None else []))) or 0
+    unmatched = (
+        session.scalar(
+            select(func.count()).where(
+                CallbackEvent.message_id.is_(None),
+                *([CallbackEvent.received_at >= since] if since is not None else []),
+            )
+        )
+        or 0
+    )
     total_events = events["total"]
     return {
         "since": since.isoformat() if since else None,

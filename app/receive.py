@@ -74,25 +74,32 @@ class Prepared:
         self.sql = compiled.string
         self._compiled = compiled
         self._order = compiled.positiontup  # None for named paramstyles (psycopg)
-        self._binds = [(name, process) for name, bind in compiled.binds.items()
-                       if (process := bind.type.dialect_impl(dialect).bind_processor(dialect))
-                       is not None]
+        self._binds = [
+            (name, process)
+            for name, bind in compiled.binds.items()
+            if (process := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
+        ]
         if hasattr(statement, "selected_columns"):
             columns = [(c.key, c.type) for c in statement.selected_columns]
         else:  # INSERT/UPDATE ... RETURNING
-            columns = [(d["name"], d["type"])
-                       for d in getattr(statement, "returning_column_descriptions", ())]
+            columns = [
+                (d["name"], d["type"])
+                for d in getattr(statement, "returning_column_descriptions", ())
+            ]
         self._fields = tuple(name for name, _type in columns)
-        self._results = [(i, process) for i, (_name, type_) in enumerate(columns)
-                         if (process := type_.dialect_impl(dialect).result_processor(dialect, None))
-                         is not None]
+        self._results = [
+            (i, process)
+            for i, (_name, type_) in enumerate(columns)
+            if (process := type_.dialect_impl(dialect).result_processor(dialect, None)) is not None
+        ]
 
     def execute(self, cursor, params: dict[str, Any]):
         values = self._compiled.construct_params(params)
         for name, process in self._binds:
             values[name] = process(values[name])
-        cursor.execute(self.sql, values if self._order is None
-                       else [values[name] for name in self._order])
+        cursor.execute(
+            self.sql, values if self._order is None else [values[name] for name in self._order]
+        )
         return cursor
 
     def first(self, cursor, params: dict[str, Any]) -> Record | None:
@@ -142,8 +149,9 @@ class RawTx:
             found = _PREPARED[key] = Prepared(statement, self.dialect, keys)
         return found
 
-    def first(self, statement: Executable, params: dict[str, Any],
-              keys: tuple[str, ...] | None = None) -> Record | None:
+    def first(
+        self, statement: Executable, params: dict[str, Any], keys: tuple[str, ...] | None = None
+    ) -> Record | None:
         row = self.prepared(statement, keys).first(self.cursor, params)
         self.statements += 1
         return row
@@ -332,13 +340,25 @@ def _duplicate_of_event():
     )
 
 
-_COLUMNS = (M.c.id, M.c.status, M.c.carrier_message_id, M.c.direction, M.c.accepted_at,
-            M.c.final_at)
+_COLUMNS = (
+    M.c.id,
+    M.c.status,
+    M.c.carrier_message_id,
+    M.c.direction,
+    M.c.accepted_at,
+    M.c.final_at,
+)
 # One query finds the message and tells whether an identical event was stored before.
-_BY_ID = (select(*_COLUMNS, _duplicate_of_event().label("dup"))
-          .where(M.c.id == bindparam("key")).with_for_update())
-_BY_CARRIER_ID = (select(*_COLUMNS, _duplicate_of_event().label("dup"))
-                  .where(M.c.carrier_message_id == bindparam("key")).with_for_update())
+_BY_ID = (
+    select(*_COLUMNS, _duplicate_of_event().label("dup"))
+    .where(M.c.id == bindparam("key"))
+    .with_for_update()
+)
+_BY_CARRIER_ID = (
+    select(*_COLUMNS, _duplicate_of_event().label("dup"))
+    .where(M.c.carrier_message_id == bindparam("key"))
+    .with_for_update()
+)
 
 
 # Built once, values always passed as parameters: each compiles once per dialect (``Prepared``).
@@ -352,8 +372,11 @@ _ID_BY_CARRIER_ID = select(M.c.id).where(M.c.carrier_message_id == bindparam("ke
 
 def _find(tx: RawTx, event: dict):
     """``tag`` → relay id first (works before the carrier id is recorded), then carrier id."""
-    params = {"d_state": event.get("state"), "d_delivery_state": event.get("delivery_state"),
-              "d_delivery_code": event.get("delivery_code")}
+    params = {
+        "d_state": event.get("state"),
+        "d_delivery_state": event.get("delivery_state"),
+        "d_delivery_code": event.get("delivery_code"),
+    }
     tag = event.get("tag")
     if tag and not is_carrier_id(tag):
         row = tx.first(_BY_ID, {"key": tag, **params})
@@ -382,13 +405,30 @@ class StoredEvent:
     @property
     def outcome(self) -> str:
         d = self.decision
-        return ("unparseable" if d.unparseable else "parked" if self.parked
-                else "duplicate" if d.duplicate else "late" if d.late else "applied")
+        return (
+            "unparseable"
+            if d.unparseable
+            else "parked"
+            if self.parked
+            else "duplicate"
+            if d.duplicate
+            else "late"
+            if d.late
+            else "applied"
+        )
 
 
-def store_event(target: Session | Connection | RawTx, *, via: str, method: str, raw: str,
-                payload: Any, content_type: str | None = None, user_agent: str | None = None,
-                now: datetime | None = None) -> StoredEvent:
+def store_event(
+    target: Session | Connection | RawTx,
+    *,
+    via: str,
+    method: str,
+    raw: str,
+    payload: Any,
+    content_type: str | None = None,
+    user_agent: str | None = None,
+    now: datetime | None = None,
+) -> StoredEvent:
     """Insert the raw event and apply it. The event is stored whatever happens next.
 
     ``target`` is a session or connection (its transaction is started as a writer here) or a
@@ -397,12 +437,28 @@ def store_event(target: Session | Connection | RawTx, *, via: str, method: str, 
     tx = RawTx.of(target)
     event = event_columns(payload)
     row = {
-        "received_at": now, "via": via, "method": method, "raw": raw,
-        "content_type": content_type, "user_agent": user_agent,
-        "carrier_message_id": None, "tag": None, "event_type": None, "direction": None,
-        "state": None, "delivery_state": None, "delivery_code": None, "message_id": None,
-        "applied": False, "status_after": None, "duplicate": False, "late": False,
-        "parked": False, "attached_at": None, "unparseable": False, "code_mismatch": False,
+        "received_at": now,
+        "via": via,
+        "method": method,
+        "raw": raw,
+        "content_type": content_type,
+        "user_agent": user_agent,
+        "carrier_message_id": None,
+        "tag": None,
+        "event_type": None,
+        "direction": None,
+        "state": None,
+        "delivery_state": None,
+        "delivery_code": None,
+        "message_id": None,
+        "applied": False,
+        "status_after": None,
+        "duplicate": False,
+        "late": False,
+        "parked": False,
+        "attached_at": None,
+        "unparseable": False,
+        "code_mismatch": False,
     }
     row.update(event)
     decision = Decision(unparseable=bool(event.get("unparseable")))
@@ -423,9 +479,14 @@ def store_event(target: Session | Connection | RawTx, *, via: str, method: str, 
 
 
 def _flags(row: dict, decision: Decision) -> None:
-    row.update(applied=decision.applied, status_after=decision.status,
-               duplicate=decision.duplicate, late=decision.late,
-               unparseable=decision.unparseable, code_mismatch=decision.code_mismatch)
+    row.update(
+        applied=decision.applied,
+        status_after=decision.status,
+        duplicate=decision.duplicate,
+        late=decision.late,
+        unparseable=decision.unparseable,
+        code_mismatch=decision.code_mismatch,
+    )
 
 
 def _apply(tx: RawTx, message, row: dict, payload: dict, now) -> Decision:
@@ -453,15 +514,28 @@ def _store_inbound(tx: RawTx, row: dict, payload: dict, now) -> Decision:
             row["message_id"] = known.id
             return Decision(duplicate=True)
     message_id = new_id()
-    tx.run(_INSERT_MESSAGE, dict(
-        id=message_id, direction="in", status="received", state="received",
-        from_number=text(payload.get("from")) or "", to_number=text(payload.get("to")) or "",
-        text=payload.get("text") if isinstance(payload.get("text"), str) else None,
-        media=parse_media(payload.get("media")), carrier_message_id=carrier_id,
-        segment_count=integer(payload.get("segmentCount")), callback_http_method=row["method"],
-        created_at=now, updated_at=now, accepted_at=now, final_at=now, attempts=0,
-        code_mismatch=False,
-    ))
+    tx.run(
+        _INSERT_MESSAGE,
+        dict(
+            id=message_id,
+            direction="in",
+            status="received",
+            state="received",
+            from_number=text(payload.get("from")) or "",
+            to_number=text(payload.get("to")) or "",
+            text=payload.get("text") if isinstance(payload.get("text"), str) else None,
+            media=parse_media(payload.get("media")),
+            carrier_message_id=carrier_id,
+            segment_count=integer(payload.get("segmentCount")),
+            callback_http_method=row["method"],
+            created_at=now,
+            updated_at=now,
+            accepted_at=now,
+            final_at=now,
+            attempts=0,
+            code_mismatch=False,
+        ),
+    )
     row["message_id"] = message_id
     return Decision(status="received", applied=True)
 
@@ -476,16 +550,26 @@ def attach_parked(session: Session, message_id: str, carrier_id: str | None, now
     conn = session.connection()
     tx = RawTx.of(session)
     parked = conn.execute(
-        select(E.c.id, E.c.state, E.c.delivery_state, E.c.delivery_code, E.c.method, E.c.raw,
-               E.c.received_at, E.c.carrier_message_id)
-        .where(E.c.carrier_message_id == carrier_id, E.c.message_id.is_(None),
-               E.c.parked.is_(True))
+        select(
+            E.c.id,
+            E.c.state,
+            E.c.delivery_state,
+            E.c.delivery_code,
+            E.c.method,
+            E.c.raw,
+            E.c.received_at,
+            E.c.carrier_message_id,
+        )
+        .where(E.c.carrier_message_id == carrier_id, E.c.message_id.is_(None), E.c.parked.is_(True))
         .order_by(E.c.id)
     ).all()
     now = now or utcnow()
     for event in parked:
-        params = {"d_state": event.state, "d_delivery_state": event.delivery_state,
-                  "d_delivery_code": event.delivery_code}
+        params = {
+            "d_state": event.state,
+            "d_delivery_state": event.delivery_state,
+            "d_delivery_code": event.delivery_code,
+        }
         message = tx.first(_BY_ID, {"key": message_id, **params})
         row = dict(event._mapping)
         decision = _apply(tx, message, row, parse_raw(event.method, event.raw) or {}, now)

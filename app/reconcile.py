@@ -24,7 +24,9 @@ def find_message(session: Session, message_id: str) -> Message:
         message = session.get(Message, message_id)
     if message is None:
         raise ApiError(
-            404, "not-found", "message-not-found",
+            404,
+            "not-found",
+            "message-not-found",
             f"No message with id '{message_id}' (relay id or carrier id).",
         )
     return message
@@ -40,7 +42,9 @@ def reconcile(session: Session, client, message_id: str) -> Message:
     message = find_message(session, message_id)
     if not message.carrier_message_id:
         raise ApiError(
-            409, "conflict", "no-carrier-id",
+            409,
+            "conflict",
+            "no-carrier-id",
             f"Message '{message.id}' has no carrier id yet (status '{message.status}'): "
             "the carrier cannot be asked about it.",
         )
@@ -58,8 +62,9 @@ def reconcile(session: Session, client, message_id: str) -> Message:
     return message
 
 
-def stale_messages(session: Session, now: datetime, after_s: float, default_receipt: str,
-                   limit: int) -> list[Message]:
+def stale_messages(
+    session: Session, now: datetime, after_s: float, default_receipt: str, limit: int
+) -> list[Message]:
     """Outbound messages short of a final status with nothing heard for ``after_s`` seconds:
     ``accepted`` (no event at all), ``unknown`` (ambiguous send), and ``sent`` SMS that asked
     for every receipt. Each is asked about at most once per ``after_s``."""
@@ -89,22 +94,37 @@ def _find_by_tag(client, message: Message) -> dict | None:
     tag filter, catapult-v1.md §2)."""
     since = (message.created_at - timedelta(minutes=1)).strftime("%Y-%m-%d %H:%M:%S")
     found = client.list_messages(
-        max_pages=5, **{"from": message.from_number, "to": message.to_number,
-                        "fromDateTime": since, "direction": "out", "size": 1000}
+        max_pages=5,
+        **{
+            "from": message.from_number,
+            "to": message.to_number,
+            "fromDateTime": since,
+            "direction": "out",
+            "size": 1000,
+        },
     )
     return next((item for item in found if item.get("tag") == message.id), None)
 
 
-def reconcile_stale(engine, client, *, after_s: float, default_receipt: str = "all",
-                    limit: int = 20, now: datetime | None = None) -> int:
+def reconcile_stale(
+    engine,
+    client,
+    *,
+    after_s: float,
+    default_receipt: str = "all",
+    limit: int = 20,
+    now: datetime | None = None,
+) -> int:
     """The reconciler: ask the carrier about stale messages, one short transaction each, never
     holding one open across a carrier call. Returns how many answers were recorded."""
     from .catapult import CatapultError
 
     now = now or utcnow()
     with Session(engine) as session:
-        targets = [(m.id, m.carrier_message_id) for m in
-                   stale_messages(session, now, after_s, default_receipt, limit)]
+        targets = [
+            (m.id, m.carrier_message_id)
+            for m in stale_messages(session, now, after_s, default_receipt, limit)
+        ]
     recorded = 0
     for message_id, carrier_id in targets:
         try:

@@ -67,18 +67,25 @@ def counts(session: Session, lo: datetime | None, hi: datetime | None):
     # Grouping by an expression keeps SQLite off the status index (walking all of it to avoid
     # a sort) and on the created_at range, which is what makes a window cheap.
     status = Message.status.concat("")
-    statuses = Counter(dict(session.execute(
-        select(status, func.count()).where(*created).group_by(status)).all()))
-    classes = Counter(receipt_class(s) for (s,) in session.execute(
-        select(Message.receipt_seconds).where(*created, Message.receipt_seconds.is_not(None))))
+    statuses = Counter(
+        dict(session.execute(select(status, func.count()).where(*created).group_by(status)).all())
+    )
+    classes = Counter(
+        receipt_class(s)
+        for (s,) in session.execute(
+            select(Message.receipt_seconds).where(*created, Message.receipt_seconds.is_not(None))
+        )
+    )
     received = _range(CallbackEvent.received_at, lo, hi)
-    row = session.execute(select(
-        func.count(),
-        func.count().filter(CallbackEvent.via == "fallback"),
-        func.count().filter(CallbackEvent.duplicate.is_(True)),
-        func.count().filter(CallbackEvent.late.is_(True)),
-        func.count().filter(CallbackEvent.unparseable.is_(True)),
-    ).where(*received, CallbackEvent.via != "reconcile")).one()
+    row = session.execute(
+        select(
+            func.count(),
+            func.count().filter(CallbackEvent.via == "fallback"),
+            func.count().filter(CallbackEvent.duplicate.is_(True)),
+            func.count().filter(CallbackEvent.late.is_(True)),
+            func.count().filter(CallbackEvent.unparseable.is_(True)),
+        ).where(*received, CallbackEvent.via != "reconcile")
+    ).one()
     return statuses, classes, Counter(dict(zip(EVENT_KEYS, row, strict=True)))
 
 
@@ -89,8 +96,10 @@ def _recompute(session: Session, bucket: datetime) -> None:
     rows += [("receipt", str(k), n) for k, n in classes.items()]
     rows += [("event", k, n) for k, n in events.items() if n]
     if rows:
-        session.execute(insert(Rollup), [
-            {"bucket": bucket, "kind": kind, "key": key, "count": n} for kind, key, n in rows])
+        session.execute(
+            insert(Rollup),
+            [{"bucket": bucket, "kind": kind, "key": key, "count": n} for kind, key, n in rows],
+        )
 
 
 def _sum_day(session: Session, day: datetime) -> None:
@@ -102,9 +111,13 @@ def _sum_day(session: Session, day: datetime) -> None:
         .group_by(Rollup.kind, Rollup.key)
     ).all()
     if rows:
-        session.execute(insert(Rollup), [
-            {"bucket": day, "kind": f"day-{kind}", "key": key, "count": n}
-            for kind, key, n in rows])
+        session.execute(
+            insert(Rollup),
+            [
+                {"bucket": day, "kind": f"day-{kind}", "key": key, "count": n}
+                for kind, key, n in rows
+            ],
+        )
 
 
 def refresh(session: Session, now: datetime | None = None) -> int:
@@ -114,16 +127,34 @@ def refresh(session: Session, now: datetime | None = None) -> int:
     lock_for_write(session)
     state = session.get(RollupState, "main")
     if state is None:
-        oldest = [t for t in (session.scalar(select(func.min(Message.created_at))),
-                              session.scalar(select(func.min(CallbackEvent.received_at)))) if t]
+        oldest = [
+            t
+            for t in (
+                session.scalar(select(func.min(Message.created_at))),
+                session.scalar(select(func.min(CallbackEvent.received_at))),
+            )
+            if t
+        ]
         start = floor(min(oldest, default=now))
         state = RollupState(name="main", covered_until=start, seen=start)
         session.add(state)
     covered, seen = state.covered_until, state.seen - MARGIN
-    dirty = {floor(t) for (t,) in session.execute(select(Message.created_at).where(
-        Message.updated_at >= seen, Message.created_at < covered))}
-    dirty |= {floor(t) for (t,) in session.execute(select(CallbackEvent.received_at).where(
-        CallbackEvent.received_at >= seen, CallbackEvent.received_at < covered))}
+    dirty = {
+        floor(t)
+        for (t,) in session.execute(
+            select(Message.created_at).where(
+                Message.updated_at >= seen, Message.created_at < covered
+            )
+        )
+    }
+    dirty |= {
+        floor(t)
+        for (t,) in session.execute(
+            select(CallbackEvent.received_at).where(
+                CallbackEvent.received_at >= seen, CallbackEvent.received_at < covered
+            )
+        )
+    }
     end = min(floor(now), covered + MAX_NEW_BUCKETS * BUCKET)
     bucket = covered
     while bucket < end:
@@ -166,7 +197,8 @@ def _add_rolled(session, lo, hi, days, statuses, classes, events) -> None:
     where = _range(Rollup.bucket, lo, hi)
     where.append(Rollup.kind.in_(DAY_KINDS if days else KINDS))
     for kind, key, n in session.execute(
-        select(Rollup.kind, Rollup.key, func.sum(Rollup.count)).where(*where)
+        select(Rollup.kind, Rollup.key, func.sum(Rollup.count))
+        .where(*where)
         .group_by(Rollup.kind, Rollup.key)
     ):
         kind = kind.removeprefix("day-")

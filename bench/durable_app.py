@@ -22,8 +22,9 @@ from .bare_app import parse_event
 
 app = Flask(__name__)
 DATABASE = os.environ.get("DURABLE_FLOOR_DATABASE", "durable-floor.sqlite3")
-POSTGRESQL_URL = os.environ.get("DURABLE_FLOOR_URL", "").replace("postgresql+psycopg://",
-                                                                  "postgresql://")
+POSTGRESQL_URL = os.environ.get("DURABLE_FLOOR_URL", "").replace(
+    "postgresql+psycopg://", "postgresql://"
+)
 _local: dict = {}
 
 
@@ -32,8 +33,10 @@ def _store_postgresql(method: str, raw: str) -> None:
         import psycopg
 
         con = psycopg.connect(POSTGRESQL_URL)
-        con.execute("CREATE TABLE IF NOT EXISTS durable_floor_events (id BIGSERIAL PRIMARY KEY, "
-                    "method TEXT, raw TEXT)")
+        con.execute(
+            "CREATE TABLE IF NOT EXISTS durable_floor_events (id BIGSERIAL PRIMARY KEY, "
+            "method TEXT, raw TEXT)"
+        )
         con.commit()
         _local.update(pid=os.getpid(), con=con)
     con = _local["con"]
@@ -47,8 +50,9 @@ def _connection() -> tuple[sqlite3.Connection, int]:
         con = sqlite3.connect(DATABASE, isolation_level=None)
         for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=10000"):
             con.execute(f"PRAGMA {pragma}")
-        con.execute("CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, method TEXT, "
-                    "raw TEXT)")
+        con.execute(
+            "CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, method TEXT, raw TEXT)"
+        )
         lock = os.open(f"{DATABASE}.writelock", os.O_RDWR | os.O_CREAT, 0o600)
         _local.update(pid=os.getpid(), con=con, lock=lock)
     return _local["con"], _local["lock"]

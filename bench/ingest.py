@@ -230,8 +230,12 @@ def measure(
     if relay_extra.get("DATABASE_URL"):  # PostgreSQL: the floor commits to the same server
         floor_env["DURABLE_FLOOR_URL"] = relay_extra["DATABASE_URL"]
     durable = Gunicorn("durable", "bench.durable_app:app", floor_env, workdir)
-    journal = Gunicorn("journal", "bench.journal_app:app",
-                       {**base_env(), "JOURNAL_FLOOR_FOLDER": str(workdir)}, workdir)
+    journal = Gunicorn(
+        "journal",
+        "bench.journal_app:app",
+        {**base_env(), "JOURNAL_FLOOR_FOLDER": str(workdir)},
+        workdir,
+    )
     with relay, bare, journal, durable:
         relay.wait_ready("/healthz")
         for server in (bare, journal, durable):
@@ -349,13 +353,17 @@ def _tables(result: dict, heading: str, note: str, target: float) -> list[str]:
     relay_paced, bare_paced = paced["relay"], paced["bare"]
     non2xx = relay["non2xx"] + relay_paced["non2xx"]
     exact = all(c["exact"] for c in result["checks"])
-    rss = {name: max((w["rss_mb"] or 0) for w in workers) if workers else 0
-           for name, workers in result["memory"].items()}
+    rss = {
+        name: max((w["rss_mb"] or 0) for w in workers) if workers else 0
+        for name, workers in result["memory"].items()
+    }
 
     def row(label: str, key: str, fmt: str, target_cells: str = "| | |") -> str:
         cells = " | ".join(format(x[key], fmt) for x in (bare, journal, floor_, relay))
-        return (f"| {label} | {cells} | {relay[key] / bare[key]:.2f}x | "
-                f"{relay[key] / floor_[key]:.2f}x {target_cells}")
+        return (
+            f"| {label} | {cells} | {relay[key] / bare[key]:.2f}x | "
+            f"{relay[key] / floor_[key]:.2f}x {target_cells}"
+        )
 
     out = [
         heading,
@@ -367,9 +375,9 @@ def _tables(result: dict, heading: str, note: str, target: float) -> list[str]:
         "| figure | bare Flask | journal floor | database floor | relay | relay / bare "
         "| relay / database floor | target | |",
         "|---|---:|---:|---:|---:|---:|---:|---|---|",
-        row("throughput (req/s)", "rps", ",.0f",
-            f"| ≥ {target}x bare | {_mark(ratio >= target)} |").replace(
-            f"| {ratio:.2f}x |", f"| **{ratio:.2f}x** |", 1),
+        row(
+            "throughput (req/s)", "rps", ",.0f", f"| ≥ {target}x bare | {_mark(ratio >= target)} |"
+        ).replace(f"| {ratio:.2f}x |", f"| **{ratio:.2f}x** |", 1),
         row("p50 latency, unpaced (ms)", "p50_ms", ".2f"),
         row("p99 latency, unpaced (ms)", "p99_ms", ".2f"),
         row("server CPU per request, unpaced (ms, master + workers)", "cpu_ms", ".2f"),
@@ -401,7 +409,7 @@ def _tables(result: dict, heading: str, note: str, target: float) -> list[str]:
         "Two floors run in the same rotation. The **journal floor** (`bench/journal_app.py`) is "
         "the bare endpoint plus the cheapest durable write this disk allows: the raw event "
         "written into a preallocated file of the worker's own and `fdatasync`ed before the 200 "
-        "(no database, no index, no shared lock). No endpoint whose 200 means \"stored\" can "
+        '(no database, no index, no shared lock). No endpoint whose 200 means "stored" can '
         "beat it. The **database floor** (`bench/durable_app.py`) is the bare endpoint plus one "
         f"raw INSERT committed {floor_where} before the 200. This run: journal floor / bare = "
         f"**{result['journal_ratio']:.2f}x**, database floor / bare = "

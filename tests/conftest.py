@@ -41,8 +41,11 @@ def make_config(tmp_path, **overrides):
 
 
 def pytest_addoption(parser):
-    parser.addoption("--backends", default="sqlite,postgresql",
-                     help="database backends for modules marked 'both_backends'")
+    parser.addoption(
+        "--backends",
+        default="sqlite,postgresql",
+        help="database backends for modules marked 'both_backends'",
+    )
 
 
 def pytest_configure(config):

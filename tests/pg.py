@@ -55,12 +55,24 @@ class TempCluster:
         subprocess.run([*self.as_user, *args], check=True, capture_output=True, timeout=120)
 
     def start(self) -> str:
-        self._run(f"{self.bindir}/initdb", "-D", self.data, "-A", "trust", "-U", self.user,
-                  "--no-sync")
-        options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.folder} "
-                   "-c fsync=off -c full_page_writes=off -c max_connections=200")
-        self._run(f"{self.bindir}/pg_ctl", "-D", self.data, "-o", options, "-w", "-l",
-                  os.path.join(self.folder, "log"), "start")
+        self._run(
+            f"{self.bindir}/initdb", "-D", self.data, "-A", "trust", "-U", self.user, "--no-sync"
+        )
+        options = (
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.folder} "
+            "-c fsync=off -c full_page_writes=off -c max_connections=200"
+        )
+        self._run(
+            f"{self.bindir}/pg_ctl",
+            "-D",
+            self.data,
+            "-o",
+            options,
+            "-w",
+            "-l",
+            os.path.join(self.folder, "log"),
+            "start",
+        )
         url = f"postgresql://{self.user}@127.0.0.1:{self.port}/postgres"
         deadline = time.monotonic() + 30
         while True:

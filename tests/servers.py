@@ -30,8 +30,9 @@ class ServedApp:
 
     def __init__(self) -> None:
         self.late = LateApp()
-        self.server = make_server("127.0.0.1", 0, self.late, threaded=True,
-                                  request_handler=QuietHandler)
+        self.server = make_server(
+            "127.0.0.1", 0, self.late, threaded=True, request_handler=QuietHandler
+        )
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 

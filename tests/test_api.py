@@ -57,8 +57,7 @@ def test_more_than_50_is_refused_and_nothing_queued(client, auth, app):
 
 
 def test_invalid_single_message_is_400_in_catapult_shape(client, auth, app):
-    response = client.post("/api/messages", json={**SMS, "callbackUrl": "http://x"},
-                           headers=auth)
+    response = client.post("/api/messages", json={**SMS, "callbackUrl": "http://x"}, headers=auth)
     assert response.status_code == 400
     body = response.get_json()
     assert set(body) == {"category", "code", "message", "details"}
@@ -77,18 +76,22 @@ def test_invalid_single_message_is_400_in_catapult_shape(client, auth, app):
     ],
 )
 def test_bad_bodies_get_clear_errors(client, auth, app, data, content_type, code, status):
-    response = client.post("/api/messages", data=data, headers={**auth,
-                                                                "Content-Type": content_type})
+    response = client.post(
+        "/api/messages", data=data, headers={**auth, "Content-Type": content_type}
+    )
     assert response.status_code == status
     assert response.get_json()["code"] == code
     assert response.get_json()["message"]
     assert count_messages(app) == 0
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer nope"},
-                                     {"Authorization": "Basic dGVzdC1hcGkta2V5Og=="}])
-@pytest.mark.parametrize("path", ["/api/messages", "/api/events", "/api/stats",
-                                  "/api/messages/rm-x"])
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic dGVzdC1hcGkta2V5Og=="}],
+)
+@pytest.mark.parametrize(
+    "path", ["/api/messages", "/api/events", "/api/stats", "/api/messages/rm-x"]
+)
 def test_api_needs_a_bearer_key(client, headers, path):
     response = client.get(path, headers=headers)
     assert response.status_code == 401
@@ -124,8 +127,9 @@ def seed(app, n, **kw):
         start = datetime(2026, 1, 1, tzinfo=UTC)
         ids = []
         for i in range(n):
-            message = messaging.enqueue(db.session, [{**SMS, "tag": f"t{i % 3}"}],
-                                        now=start + timedelta(minutes=i))[0]
+            message = messaging.enqueue(
+                db.session, [{**SMS, "tag": f"t{i % 3}"}], now=start + timedelta(minutes=i)
+            )[0]
             for key, value in kw.items():
                 setattr(message, key, value)
             ids.append(message.id)
@@ -155,17 +159,23 @@ def test_list_filters(client, auth, app):
     ids = seed(app, 6)
     tagged = client.get("/api/messages?tag=t1", headers=auth).get_json()["items"]
     assert [m["id"] for m in tagged] == [ids[4], ids[1]]
-    window = client.get("/api/messages?since=2026-01-01T00:02:00Z&until=2026-01-01T00:04:00Z",
-                        headers=auth).get_json()["items"]
+    window = client.get(
+        "/api/messages?since=2026-01-01T00:02:00Z&until=2026-01-01T00:04:00Z", headers=auth
+    ).get_json()["items"]
     assert [m["id"] for m in window] == [ids[3], ids[2]]
-    assert client.get("/api/messages?status=queued&direction=out&from=%2B15555550100",
-                      headers=auth).get_json()["items"].__len__() == 6
+    assert (
+        client.get("/api/messages?status=queued&direction=out&from=%2B15555550100", headers=auth)
+        .get_json()["items"]
+        .__len__()
+        == 6
+    )
     assert client.get("/api/messages?status=delivered", headers=auth).get_json()["items"] == []
     assert client.get("/api/messages?to=%2B1999", headers=auth).get_json()["items"] == []
 
 
-@pytest.mark.parametrize("query", ["limit=0", "limit=501", "status=lost", "since=yesterday",
-                                   "cursor=%%%"])
+@pytest.mark.parametrize(
+    "query", ["limit=0", "limit=501", "status=lost", "since=yesterday", "cursor=%%%"]
+)
 def test_bad_list_arguments_are_400(client, auth, query):
     response = client.get(f"/api/messages?{query}", headers=auth)
     assert response.status_code == 400
@@ -173,8 +183,7 @@ def test_bad_list_arguments_are_400(client, auth, query):
 
 
 def test_get_by_carrier_id_and_404(client, auth, app):
-    [message_id] = seed(app, 1, carrier_message_id="m-abc0000000000000000000000",
-                        status="accepted")
+    [message_id] = seed(app, 1, carrier_message_id="m-abc0000000000000000000000", status="accepted")
     body = client.get("/api/messages/m-abc0000000000000000000000", headers=auth).get_json()
     assert body["id"] == message_id and body["events"] == []
     missing = client.get("/api/messages/m-nope", headers=auth)
@@ -192,9 +201,17 @@ def test_stats_counts_rates_and_percentiles(client, auth, app, cb_auth):
         db.session.commit()
     receipts = [("delivered", 0), ("delivered", 0), ("not-delivered", 720)]
     for message_id, (state, code) in zip(ids, receipts, strict=False):
-        response = client.post("/callbacks/catapult/fallback", headers=cb_auth, json={
-            "messageId": "m-x", "tag": message_id, "state": "sent", "deliveryState": state,
-            "deliveryCode": code})
+        response = client.post(
+            "/callbacks/catapult/fallback",
+            headers=cb_auth,
+            json={
+                "messageId": "m-x",
+                "tag": message_id,
+                "state": "sent",
+                "deliveryState": state,
+                "deliveryCode": code,
+            },
+        )
         assert response.status_code == 200
     client.post("/callbacks/catapult", headers=cb_auth, json={"messageId": "m-zzz"})
     stats = client.get("/api/stats", headers=auth).get_json()
@@ -215,15 +232,15 @@ def test_stats_counts_rates_and_percentiles(client, auth, app, cb_auth):
 
 def test_events_filters(client, auth, app, cb_auth):
     [message_id] = seed(app, 1, carrier_message_id="m-ev", status="accepted")
-    client.post("/callbacks/catapult", headers=cb_auth,
-                json={"messageId": "m-ev", "state": "sent"})
+    client.post("/callbacks/catapult", headers=cb_auth, json={"messageId": "m-ev", "state": "sent"})
     client.get("/callbacks/catapult/fallback?messageId=m-ev&state=sent", headers=cb_auth)
     client.post("/callbacks/catapult", headers=cb_auth, json={"messageId": "m-other"})
     everything = client.get("/api/events", headers=auth).get_json()["items"]
     assert len(everything) == 3
     fallback = client.get("/api/events?via=fallback", headers=auth).get_json()["items"]
     assert [(e["via"], e["method"], e["duplicate"]) for e in fallback] == [
-        ("fallback", "GET", True)]
+        ("fallback", "GET", True)
+    ]
     by_id = client.get("/api/events?carrierMessageId=m-ev", headers=auth).get_json()["items"]
     assert {e["messageId"] for e in by_id} == {message_id}
     matched = client.get("/api/events?matched=true&limit=1", headers=auth).get_json()

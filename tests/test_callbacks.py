@@ -20,8 +20,9 @@ PATHS = {"primary": "/callbacks/catapult", "fallback": "/callbacks/catapult/fall
 
 def make_message(app, status="accepted", carrier_id="m-aaaaaaaaaaaaaaaaaaaaaaa", **kw):
     with app.app_context():
-        message = messaging.enqueue(db.session, [{"from": "+15555550100", "to": "+15555550101",
-                                                   "text": "hi", **kw}])[0]
+        message = messaging.enqueue(
+            db.session, [{"from": "+15555550100", "to": "+15555550101", "text": "hi", **kw}]
+        )[0]
         message.status = status
         message.carrier_message_id = carrier_id
         if carrier_id:
@@ -31,9 +32,16 @@ def make_message(app, status="accepted", carrier_id="m-aaaaaaaaaaaaaaaaaaaaaaa",
 
 
 def event(carrier_id="m-aaaaaaaaaaaaaaaaaaaaaaa", tag=None, **fields):
-    body = {"eventType": "sms", "direction": "out", "messageId": carrier_id,
-            "from": "+15555550100", "to": "+15555550101", "state": "sent", "segmentCount": 1,
-            "time": "2026-11-28T10:00:00.000Z"}
+    body = {
+        "eventType": "sms",
+        "direction": "out",
+        "messageId": carrier_id,
+        "from": "+15555550100",
+        "to": "+15555550101",
+        "state": "sent",
+        "segmentCount": 1,
+        "time": "2026-11-28T10:00:00.000Z",
+    }
     if tag is not None:
         body["tag"] = tag
     body.update(fields)
@@ -52,8 +60,10 @@ def load(app, message_id):
     with app.app_context():
         message = db.session.get(Message, message_id)
         events = db.session.scalars(
-            select(CallbackEvent).where(CallbackEvent.message_id == message_id)
-            .order_by(CallbackEvent.id)).all()
+            select(CallbackEvent)
+            .where(CallbackEvent.message_id == message_id)
+            .order_by(CallbackEvent.id)
+        ).all()
         db.session.expunge_all()
         return message, events
 
@@ -69,8 +79,12 @@ def all_events(app):
 @pytest.mark.parametrize("via", ["primary", "fallback"])
 def test_event_is_stored_and_applied_on_every_route(app, client, cb_auth, method, via):
     message_id = make_message(app)
-    body = event(tag=message_id, deliveryState="delivered", deliveryCode=0,
-                 deliveryDescription="Delivered to carrier")
+    body = event(
+        tag=message_id,
+        deliveryState="delivered",
+        deliveryCode=0,
+        deliveryDescription="Delivered to carrier",
+    )
     response = deliver(client, cb_auth, body, method, via)
     assert response.status_code == 200
     assert response.data == b""
@@ -127,8 +141,12 @@ def test_duplicate_is_stored_but_not_reapplied(app, client, cb_auth):
 def test_delivery_code_as_string_is_the_same_event(app, client, cb_auth):
     message_id = make_message(app)
     deliver(client, cb_auth, event(tag=message_id, deliveryState="delivered", deliveryCode=0))
-    deliver(client, cb_auth, event(tag=message_id, deliveryState="delivered",
-                                   deliveryCode="0"), method="GET")
+    deliver(
+        client,
+        cb_auth,
+        event(tag=message_id, deliveryState="delivered", deliveryCode="0"),
+        method="GET",
+    )
     message, events = load(app, message_id)
     assert message.delivery_code == 0
     assert [e.duplicate for e in events] == [False, True]
@@ -148,8 +166,16 @@ def test_sent_then_delivered_in_order(app, client, cb_auth):
     message_id = make_message(app)
     deliver(client, cb_auth, event(tag=message_id, state="sent"))
     assert load(app, message_id)[0].status == "sent"
-    deliver(client, cb_auth, event(tag=message_id, deliveryState="not-delivered",
-                                   deliveryCode=720, deliveryDescription="Invalid destination"))
+    deliver(
+        client,
+        cb_auth,
+        event(
+            tag=message_id,
+            deliveryState="not-delivered",
+            deliveryCode=720,
+            deliveryDescription="Invalid destination",
+        ),
+    )
     message, events = load(app, message_id)
     assert message.status == "not-delivered"
     assert message.delivery_code == 720
@@ -178,8 +204,13 @@ def test_code_disagreeing_with_delivery_state_is_kept_and_flagged(app, client, c
 def test_tagged_event_before_send_response_is_applied_at_once(app, client, cb_auth):
     """The receipt raced the 201: the tag finds the message, the carrier id comes from it."""
     message_id = make_message(app, status="sending", carrier_id=None)
-    deliver(client, cb_auth, event("m-early00000000000000000000", tag=message_id,
-                                   deliveryState="delivered", deliveryCode=0))
+    deliver(
+        client,
+        cb_auth,
+        event(
+            "m-early00000000000000000000", tag=message_id, deliveryState="delivered", deliveryCode=0
+        ),
+    )
     message, _ = load(app, message_id)
     assert message.status == "delivered"
     assert message.carrier_message_id == "m-early00000000000000000000"
@@ -194,8 +225,12 @@ def test_tagged_event_before_send_response_is_applied_at_once(app, client, cb_au
 def test_untagged_early_event_is_parked_then_attached(app, client, cb_auth):
     message_id = make_message(app, status="sending", carrier_id=None)
     deliver(client, cb_auth, event("m-parked0000000000000000000", state="sent"))
-    deliver(client, cb_auth, event("m-parked0000000000000000000", deliveryState="delivered",
-                                   deliveryCode=0), method="GET")
+    deliver(
+        client,
+        cb_auth,
+        event("m-parked0000000000000000000", deliveryState="delivered", deliveryCode=0),
+        method="GET",
+    )
     parked = all_events(app)
     assert [e.parked for e in parked] == [True, True]
     assert all(e.message_id is None for e in parked)
@@ -233,8 +268,9 @@ def test_unknown_ids_are_kept_unmatched(app, client, cb_auth, auth):
 def test_unparseable_authenticated_bodies_are_stored_and_answered_200(
     app, client, cb_auth, raw, content_type
 ):
-    response = client.post(PATHS["primary"], data=raw, headers={**cb_auth,
-                                                                "Content-Type": content_type})
+    response = client.post(
+        PATHS["primary"], data=raw, headers={**cb_auth, "Content-Type": content_type}
+    )
     assert response.status_code == 200
     [stored] = all_events(app)
     assert stored.unparseable and stored.message_id is None
@@ -257,10 +293,18 @@ def test_unknown_state_is_stored_and_flagged(app, client, cb_auth):
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
 def test_inbound_message_becomes_a_received_message(app, client, cb_auth, auth, method):
-    body = {"eventType": "mms", "direction": "in", "messageId": "m-inbound000000000000000000",
-            "from": "+15555550101", "to": "+15555550100", "text": "reply", "state": "received",
-            "media": "[https://x.test/a.jpg, https://x.test/b.jpg]"
-            if method == "GET" else ["https://x.test/a.jpg", "https://x.test/b.jpg"]}
+    body = {
+        "eventType": "mms",
+        "direction": "in",
+        "messageId": "m-inbound000000000000000000",
+        "from": "+15555550101",
+        "to": "+15555550100",
+        "text": "reply",
+        "state": "received",
+        "media": "[https://x.test/a.jpg, https://x.test/b.jpg]"
+        if method == "GET"
+        else ["https://x.test/a.jpg", "https://x.test/b.jpg"],
+    }
     deliver(client, cb_auth, body, method)
     deliver(client, cb_auth, body, method, via="fallback")  # and again: still one message
     with app.app_context():

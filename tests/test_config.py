@@ -74,8 +74,9 @@ def test_development_generates_secrets_once_and_every_process_agrees(tmp_path):
         assert second.values[name] == first.values[name]
     assert (tmp_path / "dev-secrets.json").stat().st_mode & 0o777 == 0o600
     # A value from the environment still wins over the stored one.
-    third = load_settings({"RELAY_ENV": "development", "CALLBACK_PASSWORD": "mine"},
-                          instance_path=str(tmp_path))
+    third = load_settings(
+        {"RELAY_ENV": "development", "CALLBACK_PASSWORD": "mine"}, instance_path=str(tmp_path)
+    )
     assert third.values["CALLBACK_PASSWORD"] == "mine"
 
 
@@ -96,8 +97,12 @@ def _bare_env(tmp_path):
 
 def test_gunicorn_style_import_fails_naming_the_variables(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-c", "import wsgi"], cwd=ROOT, env=_bare_env(tmp_path),
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, "-c", "import wsgi"],
+        cwd=ROOT,
+        env=_bare_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode != 0
     assert "CALLBACK_USERNAME is required" in result.stderr
@@ -107,8 +112,12 @@ def test_sandbox_and_migrations_start_in_a_bare_shell(tmp_path):
     flask = Path(sys.executable).with_name("flask")
     for args in (["sandbox", "--help"], ["db", "--help"]):
         result = subprocess.run(
-            [str(flask), "--app", "wsgi", *args], cwd=ROOT, env=_bare_env(tmp_path),
-            capture_output=True, text=True, timeout=60,
+            [str(flask), "--app", "wsgi", *args],
+            cwd=ROOT,
+            env=_bare_env(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert result.returncode == 0, result.stderr
         assert "Usage" in result.stdout

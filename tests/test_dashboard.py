@@ -41,9 +41,19 @@ def id_at(when, n: int | None = None) -> str:
 def add(app, ago=timedelta(0), **fields) -> str:
     """Insert a message created ``ago`` before now, with an id minted at that time."""
     when = utcnow() - ago
-    values = {"id": id_at(when), "direction": "out", "from_number": A, "to_number": B,
-              "text": "hi", "status": "queued", "created_at": when, "updated_at": when,
-              "attempts": 0, "code_mismatch": False, **fields}
+    values = {
+        "id": id_at(when),
+        "direction": "out",
+        "from_number": A,
+        "to_number": B,
+        "text": "hi",
+        "status": "queued",
+        "created_at": when,
+        "updated_at": when,
+        "attempts": 0,
+        "code_mismatch": False,
+        **fields,
+    }
     with app.app_context():
         db.session.add(Message(**values))
         db.session.commit()
@@ -51,8 +61,13 @@ def add(app, ago=timedelta(0), **fields) -> str:
 
 
 def add_event(app, ago=timedelta(0), **fields) -> int:
-    values = {"received_at": utcnow() - ago, "via": "primary", "method": "POST", "raw": "{}",
-              **fields}
+    values = {
+        "received_at": utcnow() - ago,
+        "via": "primary",
+        "method": "POST",
+        "raw": "{}",
+        **fields,
+    }
     with app.app_context():
         event = CallbackEvent(**values)
         db.session.add(event)
@@ -61,8 +76,16 @@ def add_event(app, ago=timedelta(0), **fields) -> int:
 
 
 def callback(client, cb_auth, carrier_id, via="primary", method="POST", **fields):
-    body = {"eventType": "sms", "direction": "out", "messageId": carrier_id, "from": A,
-            "to": B, "state": "sent", "time": "2026-11-28T10:00:00.000Z", **fields}
+    body = {
+        "eventType": "sms",
+        "direction": "out",
+        "messageId": carrier_id,
+        "from": A,
+        "to": B,
+        "state": "sent",
+        "time": "2026-11-28T10:00:00.000Z",
+        **fields,
+    }
     path = "/callbacks/catapult" + ("/fallback" if via == "fallback" else "")
     if method == "GET":
         response = client.get(path + "?" + urlencode(body), headers=cb_auth)
@@ -93,15 +116,26 @@ def timeline_rows(body: str) -> dict[int, str]:
 
 # ---------------------------------------------------------------- auth and headers
 
-PAGES = ["/dashboard/", "/dashboard/messages", "/dashboard/events",
-         "/dashboard/messages/rm-nothing", "/dashboard/static/dashboard.css"]
+PAGES = [
+    "/dashboard/",
+    "/dashboard/messages",
+    "/dashboard/events",
+    "/dashboard/messages/rm-nothing",
+    "/dashboard/static/dashboard.css",
+]
 
 
 @pytest.mark.parametrize("url", PAGES)
-@pytest.mark.parametrize("headers", [
-    {}, basic("dash", "wrong"), basic("wrong", "dash-pass"), {"Authorization": "Bearer dash"},
-    basic("cb-user", "cb-pass"),
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        basic("dash", "wrong"),
+        basic("wrong", "dash-pass"),
+        {"Authorization": "Bearer dash"},
+        basic("cb-user", "cb-pass"),
+    ],
+)
 def test_every_dashboard_url_needs_the_dashboard_credentials(client, url, headers):
     response = client.get(url, headers=headers)
     assert response.status_code == 401
@@ -161,10 +195,21 @@ def test_errors_are_html_pages(app, client):
 
 def test_overview_counts_rates_fallback_share_stuck_and_chart(app, client):
     for seconds in (10, 20, 30):
-        add(app, ago=timedelta(minutes=3), status="delivered", receipt_seconds=seconds,
-            accepted_at=utcnow() - timedelta(minutes=3), final_at=utcnow() - timedelta(minutes=2))
-    add(app, ago=timedelta(minutes=3), status="not-delivered", final_at=utcnow(),
-        accepted_at=utcnow() - timedelta(minutes=3))
+        add(
+            app,
+            ago=timedelta(minutes=3),
+            status="delivered",
+            receipt_seconds=seconds,
+            accepted_at=utcnow() - timedelta(minutes=3),
+            final_at=utcnow() - timedelta(minutes=2),
+        )
+    add(
+        app,
+        ago=timedelta(minutes=3),
+        status="not-delivered",
+        final_at=utcnow(),
+        accepted_at=utcnow() - timedelta(minutes=3),
+    )
     add(app, ago=timedelta(minutes=3), status="error", final_at=utcnow())
     stuck_queued = add(app, ago=timedelta(minutes=10), status="queued")
     add(app, ago=timedelta(minutes=20), status="sent")
@@ -197,14 +242,23 @@ def test_overview_counts_rates_fallback_share_stuck_and_chart(app, client):
 def test_stuck_link_lists_exactly_the_stuck_messages(app, client):
     old = add(app, ago=timedelta(minutes=30), status="unknown")
     add(app, ago=timedelta(minutes=1), status="unknown")
-    url = html.unescape(re.search(r'href="(/dashboard/messages\?status=unknown&amp;until=[^"]*)"',
-                                  page(client, "/dashboard/"))[1])
+    url = html.unescape(
+        re.search(
+            r'href="(/dashboard/messages\?status=unknown&amp;until=[^"]*)"',
+            page(client, "/dashboard/"),
+        )[1]
+    )
     assert listed(page(client, url)) == [old]
 
 
 def test_chart_puts_each_message_in_its_bucket():
-    rows = [("sent", 100, 4), ("delivered", 101, 2), ("rejected", 102, 1), ("error", 102, 1),
-            ("delivered", 99, 7)]  # 99 is before the window: left off
+    rows = [
+        ("sent", 100, 4),
+        ("delivered", 101, 2),
+        ("rejected", 102, 1),
+        ("error", 102, 1),
+        ("delivered", 99, 7),
+    ]  # 99 is before the window: left off
     chart = dashboard._chart_geometry(rows, 100, 102, 60)
     totals = {s["name"]: s["total"] for s in chart["series"]}
     assert totals == {"sent": 4, "delivered": 2, "not-delivered": 0, "error": 2}
@@ -222,14 +276,33 @@ def test_chart_puts_each_message_in_its_bucket():
 def four(app):
     """a: delivered A→B 3h ago; b: error A→C 30m; c: inbound C→A 10m; d: sent B→C 2m."""
     return {
-        "a": add(app, ago=timedelta(hours=3), status="delivered", tag="order-1",
-                 carrier_message_id="m-aaaa", delivery_code=0),
-        "b": add(app, ago=timedelta(minutes=30), status="error", to_number=C, tag="order-2",
-                 delivery_code=610),
-        "c": add(app, ago=timedelta(minutes=10), direction="in", status="received",
-                 from_number=C, to_number=A),
-        "d": add(app, ago=timedelta(minutes=2), status="sent", from_number=B, to_number=C,
-                 tag="order-1"),
+        "a": add(
+            app,
+            ago=timedelta(hours=3),
+            status="delivered",
+            tag="order-1",
+            carrier_message_id="m-aaaa",
+            delivery_code=0,
+        ),
+        "b": add(
+            app,
+            ago=timedelta(minutes=30),
+            status="error",
+            to_number=C,
+            tag="order-2",
+            delivery_code=610,
+        ),
+        "c": add(
+            app,
+            ago=timedelta(minutes=10),
+            direction="in",
+            status="received",
+            from_number=C,
+            to_number=A,
+        ),
+        "d": add(
+            app, ago=timedelta(minutes=2), status="sent", from_number=B, to_number=C, tag="order-1"
+        ),
     }
 
 
@@ -243,22 +316,25 @@ def window(since=None, until=None):
     return urlencode(args)
 
 
-@pytest.mark.parametrize("query,expected", [
-    ("", "dcba"),
-    ("status=error", "b"),
-    ("direction=in", "c"),
-    ("direction=out&status=sent", "d"),
-    ("number=%2B15555550100", "cba"),  # from or to A
-    ("number=%2B1+(555)+555-0102", "dcb"),  # formatting ignored
-    ("number=+15555550102", "dcb"),  # a "+" typed into the address bar arrives as a space
-    ("number=%2B15555550101&status=delivered", "a"),
-    ("tag=order-1", "da"),
-    ("window=1h", "dcb"),
-    ("window=15m&number=%2B15555550102", "dc"),
-    (window(since=timedelta(hours=1), until=timedelta(minutes=5)), "cb"),
-    (window(until=timedelta(minutes=20)), "ba"),
-    ("status=queued", ""),
-])
+@pytest.mark.parametrize(
+    "query,expected",
+    [
+        ("", "dcba"),
+        ("status=error", "b"),
+        ("direction=in", "c"),
+        ("direction=out&status=sent", "d"),
+        ("number=%2B15555550100", "cba"),  # from or to A
+        ("number=%2B1+(555)+555-0102", "dcb"),  # formatting ignored
+        ("number=+15555550102", "dcb"),  # a "+" typed into the address bar arrives as a space
+        ("number=%2B15555550101&status=delivered", "a"),
+        ("tag=order-1", "da"),
+        ("window=1h", "dcb"),
+        ("window=15m&number=%2B15555550102", "dc"),
+        (window(since=timedelta(hours=1), until=timedelta(minutes=5)), "cb"),
+        (window(until=timedelta(minutes=20)), "ba"),
+        ("status=queued", ""),
+    ],
+)
 def test_message_filters(client, four, query, expected):
     body = page(client, "/dashboard/messages?" + query)
     assert listed(body) == [four[k] for k in expected]
@@ -352,14 +428,30 @@ def test_relay_ids_begin_with_their_creation_time():
 
 def test_timeline_shows_every_event_with_its_flags(app, client, cb_auth):
     accepted = utcnow() - timedelta(seconds=1)
-    message_id = add(app, ago=timedelta(seconds=2), status="accepted", carrier_message_id="m-time",
-                     accepted_at=accepted,
-                     carrier_request={"to": B, "callbackUrl": "https://cb-user:cb-pass@relay.test/"
-                                      "callbacks/catapult", "fallbackUrl": "https://***:***@fb/"},
-                     carrier_response={"status": 201, "headers": {"Location": "/m-time"}})
+    message_id = add(
+        app,
+        ago=timedelta(seconds=2),
+        status="accepted",
+        carrier_message_id="m-time",
+        accepted_at=accepted,
+        carrier_request={
+            "to": B,
+            "callbackUrl": "https://cb-user:cb-pass@relay.test/callbacks/catapult",
+            "fallbackUrl": "https://***:***@fb/",
+        },
+        carrier_response={"status": 201, "headers": {"Location": "/m-time"}},
+    )
     callback(client, cb_auth, "m-time")
-    callback(client, cb_auth, "m-time", via="fallback", method="GET", deliveryState="delivered",
-             deliveryCode=0, messageUri="https://u:uri-secret@api.test/v1/m-time")
+    callback(
+        client,
+        cb_auth,
+        "m-time",
+        via="fallback",
+        method="GET",
+        deliveryState="delivered",
+        deliveryCode=0,
+        messageUri="https://u:uri-secret@api.test/v1/m-time",
+    )
     callback(client, cb_auth, "m-time", deliveryState="delivered", deliveryCode=0)
     callback(client, cb_auth, "m-time", deliveryState="waiting")  # after the receipt: late
     callback(client, cb_auth, "m-time", deliveryState="delivered", deliveryCode=999)
@@ -410,8 +502,14 @@ class FakeCarrier:
         self.calls.append(carrier_id)
         if self.error is not None:
             raise self.error
-        return {"id": carrier_id, "state": "sent", "deliveryState": "delivered",
-                "deliveryCode": 0, "deliveryDescription": "ok", **(self.answer or {})}
+        return {
+            "id": carrier_id,
+            "state": "sent",
+            "deliveryState": "delivered",
+            "deliveryCode": 0,
+            "deliveryDescription": "ok",
+            **(self.answer or {}),
+        }
 
 
 @pytest.fixture
@@ -429,8 +527,7 @@ def token_of(body: str) -> str:
 def test_reconcile_without_the_right_token_is_400_and_asks_nobody(app, client, carrier, form):
     message_id = add(app, status="sent", carrier_message_id="m-csrf")
     token_of(page(client, f"/dashboard/messages/{message_id}"))  # the session has a token
-    response = client.post(f"/dashboard/messages/{message_id}/reconcile", data=form,
-                           headers=DASH)
+    response = client.post(f"/dashboard/messages/{message_id}/reconcile", data=form, headers=DASH)
     assert response.status_code == 400 and response.mimetype == "text/html"
     assert carrier.calls == []
 
@@ -439,16 +536,18 @@ def test_token_of_another_session_is_refused(app, client, carrier):
     message_id = add(app, status="sent", carrier_message_id="m-other")
     token = token_of(page(app.test_client(), f"/dashboard/messages/{message_id}"))
     token_of(page(client, f"/dashboard/messages/{message_id}"))
-    response = client.post(f"/dashboard/messages/{message_id}/reconcile",
-                           data={"csrf_token": token}, headers=DASH)
+    response = client.post(
+        f"/dashboard/messages/{message_id}/reconcile", data={"csrf_token": token}, headers=DASH
+    )
     assert response.status_code == 400 and carrier.calls == []
 
 
 def test_reconcile_with_the_token_asks_the_carrier_and_shows_the_answer(app, client, carrier):
     message_id = add(app, status="sent", carrier_message_id="m-recon", accepted_at=utcnow())
     token = token_of(page(client, f"/dashboard/messages/{message_id}"))
-    response = client.post("/dashboard/messages/m-recon/reconcile", data={"csrf_token": token},
-                           headers=DASH)
+    response = client.post(
+        "/dashboard/messages/m-recon/reconcile", data={"csrf_token": token}, headers=DASH
+    )
     assert response.status_code == 303
     assert response.headers["Location"] == f"/dashboard/messages/{message_id}"
     assert carrier.calls == ["m-recon"]
@@ -464,8 +563,12 @@ def test_carrier_failure_is_a_flash_message_not_a_500(app, client):
     app.extensions["catapult_client"] = FakeCarrier(error=CatapultError("connection refused"))
     message_id = add(app, status="sent", carrier_message_id="m-down")
     token = token_of(page(client, f"/dashboard/messages/{message_id}"))
-    response = client.post(f"/dashboard/messages/{message_id}/reconcile",
-                           data={"csrf_token": token}, headers=DASH, follow_redirects=True)
+    response = client.post(
+        f"/dashboard/messages/{message_id}/reconcile",
+        data={"csrf_token": token},
+        headers=DASH,
+        follow_redirects=True,
+    )
     assert response.status_code == 200
     body = response.get_data(as_text=True)
     assert "Reconcile failed (502 carrier-error)" in body and "connection refused" in body
@@ -476,9 +579,12 @@ def test_reconcile_without_carrier_id_says_so(app, client, carrier):
     message_id = add(app, status="unknown")
     body = page(client, f"/dashboard/messages/{message_id}")
     assert "no carrier id yet" in body
-    response = client.post(f"/dashboard/messages/{message_id}/reconcile",
-                           data={"csrf_token": token_of(body)}, headers=DASH,
-                           follow_redirects=True)
+    response = client.post(
+        f"/dashboard/messages/{message_id}/reconcile",
+        data={"csrf_token": token_of(body)},
+        headers=DASH,
+        follow_redirects=True,
+    )
     text = response.get_data(as_text=True)
     assert response.status_code == 200 and "Reconcile failed (409 no-carrier-id)" in text
     assert carrier.calls == []
@@ -486,8 +592,9 @@ def test_reconcile_without_carrier_id_says_so(app, client, carrier):
 
 def test_reconcile_of_unknown_message_is_404(app, client, carrier):
     token = token_of(page(client, f"/dashboard/messages/{add(app)}"))
-    response = client.post("/dashboard/messages/rm-none/reconcile", data={"csrf_token": token},
-                           headers=DASH)
+    response = client.post(
+        "/dashboard/messages/rm-none/reconcile", data={"csrf_token": token}, headers=DASH
+    )
     assert response.status_code == 404 and carrier.calls == []
 
 
@@ -499,14 +606,33 @@ def log(app):
     """Five events, oldest first: matched POST, fallback GET, parked, unparseable, reconcile."""
     message_id = add(app, status="sent", carrier_message_id="m-log")
     return message_id, [
-        add_event(app, ago=timedelta(hours=2), message_id=message_id, carrier_message_id="m-log",
-                  applied=True, status_after="sent"),
-        add_event(app, ago=timedelta(minutes=50), via="fallback", method="GET",
-                  message_id=message_id, carrier_message_id="m-log", duplicate=True),
+        add_event(
+            app,
+            ago=timedelta(hours=2),
+            message_id=message_id,
+            carrier_message_id="m-log",
+            applied=True,
+            status_after="sent",
+        ),
+        add_event(
+            app,
+            ago=timedelta(minutes=50),
+            via="fallback",
+            method="GET",
+            message_id=message_id,
+            carrier_message_id="m-log",
+            duplicate=True,
+        ),
         add_event(app, ago=timedelta(minutes=20), carrier_message_id="m-else", parked=True),
         add_event(app, ago=timedelta(minutes=10), raw="{oops", unparseable=True),
-        add_event(app, ago=timedelta(minutes=1), via="reconcile", method="GET",
-                  message_id=message_id, carrier_message_id="m-log"),
+        add_event(
+            app,
+            ago=timedelta(minutes=1),
+            via="reconcile",
+            method="GET",
+            message_id=message_id,
+            carrier_message_id="m-log",
+        ),
     ]
 
 
@@ -514,19 +640,29 @@ def event_ids(body: str) -> list[int]:
     return [int(i) for i in re.findall(r'<tr data-event-id="(\d+)"', body)]
 
 
-@pytest.mark.parametrize("query,expected", [
-    ("", [4, 3, 2, 1, 0]),
-    ("unmatched=1", [3, 2]),
-    ("via=fallback", [1]),
-    ("via=reconcile", [4]),
-    ("method=GET", [4, 1]),
-    ("method=get&via=primary", []),
-    ("carrier=m-log", [4, 1, 0]),
-    ("window=1h", [4, 3, 2, 1]),
-    ("window=15m&unmatched=1", [3]),
-    (urlencode({"since": "2000-01-01T00:00",
-                "until": (utcnow() - timedelta(minutes=30)).isoformat()}), [1, 0]),
-])
+@pytest.mark.parametrize(
+    "query,expected",
+    [
+        ("", [4, 3, 2, 1, 0]),
+        ("unmatched=1", [3, 2]),
+        ("via=fallback", [1]),
+        ("via=reconcile", [4]),
+        ("method=GET", [4, 1]),
+        ("method=get&via=primary", []),
+        ("carrier=m-log", [4, 1, 0]),
+        ("window=1h", [4, 3, 2, 1]),
+        ("window=15m&unmatched=1", [3]),
+        (
+            urlencode(
+                {
+                    "since": "2000-01-01T00:00",
+                    "until": (utcnow() - timedelta(minutes=30)).isoformat(),
+                }
+            ),
+            [1, 0],
+        ),
+    ],
+)
 def test_event_filters(client, log, query, expected):
     _, ids = log
     assert event_ids(page(client, "/dashboard/events?" + query)) == [ids[i] for i in expected]
@@ -558,8 +694,9 @@ def test_event_pages_walk_every_row_once_both_ways(app, client):
         older.append(event_ids(body))
         url = link(body, "next")
     assert [i for p in older for i in p] == ids and [len(p) for p in older] == [5, 5, 2]
-    back = event_ids(page(client, link(page(client, f"/dashboard/events?limit=5&after={ids[10]}"),
-                                       "prev")))
+    back = event_ids(
+        page(client, link(page(client, f"/dashboard/events?limit=5&after={ids[10]}"), "prev"))
+    )
     assert back == ids[6:11]  # the five just newer than the last page
 
 
@@ -567,17 +704,34 @@ def test_event_pages_walk_every_row_once_both_ways(app, client):
 
 
 def test_carrier_and_user_data_is_escaped_everywhere(app, client, cb_auth):
-    message_id = add(app, status="sent", text=XSS_TEXT, tag=XSS_TAG, carrier_message_id="m-xss",
-                     error={"category": "x", "code": "y", "message": XSS_TEXT},
-                     carrier_response={"status": 400, "body": XSS_TAG})
-    callback(client, cb_auth, "m-xss", text=XSS_TEXT, deliveryDescription=XSS_TAG,
-             deliveryState="not-delivered", deliveryCode=720)
+    message_id = add(
+        app,
+        status="sent",
+        text=XSS_TEXT,
+        tag=XSS_TAG,
+        carrier_message_id="m-xss",
+        error={"category": "x", "code": "y", "message": XSS_TEXT},
+        carrier_response={"status": 400, "body": XSS_TAG},
+    )
+    callback(
+        client,
+        cb_auth,
+        "m-xss",
+        text=XSS_TEXT,
+        deliveryDescription=XSS_TAG,
+        deliveryState="not-delivered",
+        deliveryCode=720,
+    )
     add_event(app, raw=XSS_TAG, unparseable=True)
-    urls = [f"/dashboard/messages/{message_id}", "/dashboard/messages", "/dashboard/events",
-            "/dashboard/messages?" + urlencode({"q": XSS_TAG}),
-            "/dashboard/messages?" + urlencode({"tag": XSS_TAG, "number": XSS_TEXT}),
-            "/dashboard/events?" + urlencode({"since": XSS_TEXT, "carrier": XSS_TAG}),
-            "/dashboard/messages/" + quote(XSS_TAG)]
+    urls = [
+        f"/dashboard/messages/{message_id}",
+        "/dashboard/messages",
+        "/dashboard/events",
+        "/dashboard/messages?" + urlencode({"q": XSS_TAG}),
+        "/dashboard/messages?" + urlencode({"tag": XSS_TAG, "number": XSS_TEXT}),
+        "/dashboard/events?" + urlencode({"since": XSS_TEXT, "carrier": XSS_TAG}),
+        "/dashboard/messages/" + quote(XSS_TAG),
+    ]
     for url in urls:
         body = client.get(url, headers=DASH).get_data(as_text=True)
         assert "<script>alert" not in body and "<img src=x" not in body, url
@@ -589,8 +743,9 @@ def test_carrier_and_user_data_is_escaped_everywhere(app, client, cb_auth):
     assert listed(tagged) == [message_id]
 
 
-@pytest.mark.parametrize("url", ["/dashboard/", "/dashboard/messages", "/dashboard/events",
-                                 "/dashboard/messages/{id}"])
+@pytest.mark.parametrize(
+    "url", ["/dashboard/", "/dashboard/messages", "/dashboard/events", "/dashboard/messages/{id}"]
+)
 def test_partial_refresh_returns_only_the_live_fragment(app, client, url):
     message_id = add(app, status="sent", carrier_message_id="m-live")
     response = client.get(url.format(id=message_id), headers={**DASH, "X-Partial": "1"})
@@ -615,6 +770,7 @@ def test_events_api_and_dashboard_agree_on_unmatched(app, client, auth, log):
     api = client.get("/api/events?matched=false", headers=auth).get_json()["items"]
     with app.app_context():
         unmatched = db.session.scalars(
-            select(CallbackEvent.id).where(CallbackEvent.message_id.is_(None))).all()
+            select(CallbackEvent.id).where(CallbackEvent.message_id.is_(None))
+        ).all()
     assert sorted(unmatched) == sorted(event_ids(page(client, "/dashboard/events?unmatched=1")))
     assert len(api) == len(unmatched)

@@ -32,8 +32,11 @@ def test_demo_runs_shows_a_delivery_and_leaves_nothing_behind(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CATAPULT_", "API_"))}
     demo = subprocess.Popen(
         [sys.executable, "-m", "app.demo", "--instance", str(tmp_path)],
-        cwd=ROOT, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT,
+        env={**env, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     lines: list[str] = []
     deadline = time.monotonic() + 90
@@ -52,8 +55,11 @@ def test_demo_runs_shows_a_delivery_and_leaves_nothing_behind(tmp_path):
     relay = re.search(r"Relay \(gunicorn, 2 workers\):\s+http://127\.0\.0\.1:(\d+)", output)
     sandbox = re.search(r"Catapult sandbox \(realistic\): http://127\.0\.0\.1:(\d+)", output)
     assert relay and sandbox, output
-    assert re.search(rf"Dashboard:\s+http://127\.0\.0\.1:{relay[1]}/dashboard\s+user admin, "
-                     r"password \S{12,}", output)
+    assert re.search(
+        rf"Dashboard:\s+http://127\.0\.0\.1:{relay[1]}/dashboard\s+user admin, "
+        r"password \S{12,}",
+        output,
+    )
     assert re.search(r"delivered \d+", output)
     assert '"status": "delivered"' in output  # a delivered message shown in full
     assert "Stopped." in output

@@ -37,10 +37,17 @@ class Relay:
     def __init__(self, tmp_path, db_url, sandbox: SandboxServer, **config):
         self.served = ServedApp()
         url = self.served.url
-        settings = {"PUBLIC_BASE_URL": url, "FALLBACK_BASE_URL": url,
-                    "CATAPULT_API_URL": sandbox.url, "CATAPULT_USER_ID": sandbox.user_id,
-                    "CATAPULT_API_TOKEN": sandbox.token, "CATAPULT_API_SECRET": sandbox.secret,
-                    "CALLBACK_TIMEOUT_MS": 3000, "DATABASE_URL": db_url, **config}
+        settings = {
+            "PUBLIC_BASE_URL": url,
+            "FALLBACK_BASE_URL": url,
+            "CATAPULT_API_URL": sandbox.url,
+            "CATAPULT_USER_ID": sandbox.user_id,
+            "CATAPULT_API_TOKEN": sandbox.token,
+            "CATAPULT_API_SECRET": sandbox.secret,
+            "CALLBACK_TIMEOUT_MS": 3000,
+            "DATABASE_URL": db_url,
+            **config,
+        }
         self.app = create_app(make_config(tmp_path, **settings))
         with self.app.app_context():
             db.create_all()
@@ -48,13 +55,13 @@ class Relay:
         self.url = url
         self.stop_event = threading.Event()
         self.dispatcher = Dispatcher(self.app)
-        self.thread = threading.Thread(target=self.dispatcher.run_forever,
-                                       args=(self.stop_event,), daemon=True)
+        self.thread = threading.Thread(
+            target=self.dispatcher.run_forever, args=(self.stop_event,), daemon=True
+        )
         self.thread.start()
 
     def send(self, body):
-        response = requests.post(f"{self.url}/api/messages", json=body, headers=HEADERS,
-                                 timeout=10)
+        response = requests.post(f"{self.url}/api/messages", json=body, headers=HEADERS, timeout=10)
         assert response.status_code in (201, 202), response.text
         return response.json()
 
@@ -91,13 +98,38 @@ class Relay:
 def traffic(relay: Relay) -> None:
     """A mix like the demo's: singles, a batch of 50, MMS, GET callbacks, receipt options."""
     relay.send({**SMS, "to": "+19195550101", "tag": "single"})
-    relay.send([{**SMS, "to": f"+1919555{1000 + i:04d}", "text": f"batch {i}",
-                 "receiptRequested": ["all", "error", "none"][i % 3]} for i in range(50)])
+    relay.send(
+        [
+            {
+                **SMS,
+                "to": f"+1919555{1000 + i:04d}",
+                "text": f"batch {i}",
+                "receiptRequested": ["all", "error", "none"][i % 3],
+            }
+            for i in range(50)
+        ]
+    )
     relay.send({**SMS, "to": "+19195550102", "media": "https://example.com/a.png"})
-    relay.send({**SMS, "to": "+19195550103", "media": ["https://example.com/b.png"],
-                "text": None, "callbackHttpMethod": "get"})
-    relay.send([{**SMS, "to": f"+1919555{2000 + i:04d}", "callbackHttpMethod": "GET",
-                 "receiptRequested": "all"} for i in range(10)])
+    relay.send(
+        {
+            **SMS,
+            "to": "+19195550103",
+            "media": ["https://example.com/b.png"],
+            "text": None,
+            "callbackHttpMethod": "get",
+        }
+    )
+    relay.send(
+        [
+            {
+                **SMS,
+                "to": f"+1919555{2000 + i:04d}",
+                "callbackHttpMethod": "GET",
+                "receiptRequested": "all",
+            }
+            for i in range(10)
+        ]
+    )
 
 
 def expected_status(truth: dict) -> str:
@@ -110,8 +142,14 @@ def attempt_key(via, method, payload):
         code = int(code) if code is not None else None
     except (TypeError, ValueError):
         code = None
-    return (via, method, payload.get("messageId"), payload.get("state"),
-            payload.get("deliveryState"), code)
+    return (
+        via,
+        method,
+        payload.get("messageId"),
+        payload.get("state"),
+        payload.get("deliveryState"),
+        code,
+    )
 
 
 def run(tmp_path, db_url, scenario, **knobs):
@@ -139,17 +177,25 @@ def test_relay_converges_to_the_sandbox_truth(tmp_path, db_url, scenario):
         message = outbound[record["tag"]]  # tag = the relay's id
         assert message.carrier_message_id == record["id"]
         assert (message.status, message.delivery_state, message.delivery_code) == (
-            expected_status(record), record.get("deliveryState"), record.get("deliveryCode")
+            expected_status(record),
+            record.get("deliveryState"),
+            record.get("deliveryCode"),
         ), record
     # Every attempt the sandbox saw answered 2xx is in the relay's log exactly once.
-    answered = Counter(attempt_key(a["via"], a["method"], a["payload"])
-                       for a in attempts if a["statusCode"] and 200 <= a["statusCode"] < 300)
+    answered = Counter(
+        attempt_key(a["via"], a["method"], a["payload"])
+        for a in attempts
+        if a["statusCode"] and 200 <= a["statusCode"] < 300
+    )
     stored = Counter(attempt_key(e.via, e.method, e.payload or {}) for e in events)
     assert stored == answered
     assert not any(a["statusCode"] and a["statusCode"] >= 300 for a in attempts)
     # Inbound replies the relay was told about became received messages.
-    inbound_truth = {a["payload"]["messageId"] for a in attempts
-                     if a["payload"].get("direction") == "in" and a["outcome"] != "dropped"}
+    inbound_truth = {
+        a["payload"]["messageId"]
+        for a in attempts
+        if a["payload"].get("direction") == "in" and a["outcome"] != "dropped"
+    }
     inbound = {m.carrier_message_id for m in messages if m.direction == "in"}
     assert inbound == inbound_truth
     assert all(m.status == "received" for m in messages if m.direction == "in")
@@ -171,8 +217,9 @@ def test_fallback_deliveries_are_recorded_as_fallback(tmp_path, db_url):
     assert via_fallback, "the sandbox should have pushed some events to the fallback"
     stored = Counter(e.via for e in events)
     assert stored["fallback"] == len(via_fallback)
-    assert stored["primary"] == sum(1 for a in attempts
-                                    if a["via"] == "primary" and a["statusCode"] == 200)
+    assert stored["primary"] == sum(
+        1 for a in attempts if a["via"] == "primary" and a["statusCode"] == 200
+    )
     assert all(m.status in ("delivered", "sent") for m in messages if m.direction == "out")
 
 

@@ -30,13 +30,24 @@ def test_prepared_statements_round_trip_types(app):
         with write_transaction(engine) as dbapi:
             tx = receive.RawTx(dbapi, engine.dialect)
             update = M.update().where(M.c.id == bindparam("_id"))
-            tx.run(update, {"_id": message_id, "final_at": when, "code_mismatch": True,
-                            "delivery_code": None, "updated_at": when})
+            tx.run(
+                update,
+                {
+                    "_id": message_id,
+                    "final_at": when,
+                    "code_mismatch": True,
+                    "delivery_code": None,
+                    "updated_at": when,
+                },
+            )
         with write_transaction(engine) as dbapi:
             tx = receive.RawTx(dbapi, engine.dialect)
-            row = tx.first(select(M.c.final_at, M.c.code_mismatch, M.c.delivery_code,
-                                  M.c.status).where(M.c.id == bindparam("key")),
-                           {"key": message_id})
+            row = tx.first(
+                select(M.c.final_at, M.c.code_mismatch, M.c.delivery_code, M.c.status).where(
+                    M.c.id == bindparam("key")
+                ),
+                {"key": message_id},
+            )
     assert row.final_at == when and row.final_at.tzinfo is not None
     assert row.code_mismatch is True
     assert row.delivery_code is None and row.status == "accepted"
@@ -69,15 +80,24 @@ def test_write_transaction_rolls_back_when_the_block_raises(app):
     with app.app_context():
         engine = db.engine
         with pytest.raises(RuntimeError), write_transaction(engine) as dbapi:
-            receive.store_event(receive.RawTx(dbapi, engine.dialect), via="primary",
-                                method="POST", raw="{}", payload=event(tag=message_id))
+            receive.store_event(
+                receive.RawTx(dbapi, engine.dialect),
+                via="primary",
+                method="POST",
+                raw="{}",
+                payload=event(tag=message_id),
+            )
             raise RuntimeError("after the statements, before the commit")
         assert db.session.scalar(select(db.func.count()).select_from(CallbackEvent)) == 0
         # The writers' queue was released: the next transaction commits.
         with write_transaction(engine) as dbapi:
-            stored = receive.store_event(receive.RawTx(dbapi, engine.dialect), via="primary",
-                                         method="POST", raw="{}",
-                                         payload=event(tag=message_id, state="sent"))
+            stored = receive.store_event(
+                receive.RawTx(dbapi, engine.dialect),
+                via="primary",
+                method="POST",
+                raw="{}",
+                payload=event(tag=message_id, state="sent"),
+            )
         assert stored.outcome == "applied"
         assert db.session.get(Message, message_id).status == "sent"
 
@@ -90,9 +110,13 @@ def test_receipt_time_is_computed_on_the_raw_path(app, client):
         message.accepted_at = utcnow() - timedelta(seconds=30)
         db.session.commit()
     token = base64.b64encode(f"{CALLBACK_USER}:{CALLBACK_PASSWORD}".encode()).decode()
-    response = client.post("/callbacks/catapult", headers={"Authorization": f"Basic {token}"},
-                           json=event(carrier_id="m-ddddddddddddddddddddddd",
-                                      deliveryState="delivered", deliveryCode=0))
+    response = client.post(
+        "/callbacks/catapult",
+        headers={"Authorization": f"Basic {token}"},
+        json=event(
+            carrier_id="m-ddddddddddddddddddddddd", deliveryState="delivered", deliveryCode=0
+        ),
+    )
     assert response.status_code == 200
     with app.app_context():
         message = db.session.get(Message, message_id)
@@ -105,10 +129,16 @@ def test_callback_credentials_with_another_scheme_spelling_are_accepted(app, cli
     """The whole-header comparison is only a shortcut; other valid spellings still parse."""
     message_id = make_message(app, carrier_id="m-eeeeeeeeeeeeeeeeeeeeeee")
     token = base64.b64encode(f"{CALLBACK_USER}:{CALLBACK_PASSWORD}".encode()).decode()
-    response = client.post("/callbacks/catapult", headers={"Authorization": f"{scheme} {token}"},
-                           json=event(tag=message_id))
+    response = client.post(
+        "/callbacks/catapult",
+        headers={"Authorization": f"{scheme} {token}"},
+        json=event(tag=message_id),
+    )
     assert response.status_code == 200
     wrong = base64.b64encode(f"{CALLBACK_USER}:nope".encode()).decode()
-    response = client.post("/callbacks/catapult", headers={"Authorization": f"{scheme} {wrong}"},
-                           json=event(tag=message_id))
+    response = client.post(
+        "/callbacks/catapult",
+        headers={"Authorization": f"{scheme} {wrong}"},
+        json=event(tag=message_id),
+    )
     assert response.status_code == 401

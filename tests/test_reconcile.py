@@ -30,8 +30,9 @@ class FakeCarrier:
     def get_message(self, carrier_id):
         self.asked.append(carrier_id)
         if self.fail:
-            raise CatapultError("carrier down", status=503, category="unavailable",
-                                code="internal-error")
+            raise CatapultError(
+                "carrier down", status=503, category="unavailable", code="internal-error"
+            )
         return self.resources[carrier_id]
 
     def list_messages(self, max_pages=1, **filters):
@@ -40,8 +41,16 @@ class FakeCarrier:
 
 
 def resource(carrier_id, tag, **fields):
-    return {"id": carrier_id, "messageId": carrier_id, "direction": "out", "tag": tag,
-            "from": SMS["from"], "to": SMS["to"], "state": "sent", **fields}
+    return {
+        "id": carrier_id,
+        "messageId": carrier_id,
+        "direction": "out",
+        "tag": tag,
+        "from": SMS["from"],
+        "to": SMS["to"],
+        "state": "sent",
+        **fields,
+    }
 
 
 def make(app, status, carrier_id=None, age_s=3600, **kw):
@@ -58,22 +67,33 @@ def make(app, status, carrier_id=None, age_s=3600, **kw):
 def load(app, message_id):
     with app.app_context():
         message = db.session.get(Message, message_id)
-        events = db.session.scalars(select(CallbackEvent).where(
-            CallbackEvent.message_id == message_id)).all()
+        events = db.session.scalars(
+            select(CallbackEvent).where(CallbackEvent.message_id == message_id)
+        ).all()
         db.session.expunge_all()
         return message, events
 
 
 def test_api_reconcile_records_the_carrier_answer(app, client, auth):
     message_id = make(app, "sent", "m-rec")
-    fake = FakeCarrier({"m-rec": resource("m-rec", message_id, deliveryState="delivered",
-                                          deliveryCode=0, deliveryDescription="ok")})
+    fake = FakeCarrier(
+        {
+            "m-rec": resource(
+                "m-rec",
+                message_id,
+                deliveryState="delivered",
+                deliveryCode=0,
+                deliveryDescription="ok",
+            )
+        }
+    )
     app.extensions["catapult_client"] = fake
     body = client.post(f"/api/messages/{message_id}/reconcile", headers=auth).get_json()
     assert fake.asked == ["m-rec"]
     assert body["status"] == "delivered"
     assert [(e["via"], e["method"], e["applied"]) for e in body["events"]] == [
-        ("reconcile", "GET", True)]
+        ("reconcile", "GET", True)
+    ]
     assert load(app, message_id)[0].reconciled_at is not None
 
 
@@ -93,12 +113,14 @@ def test_reconciler_settles_stale_messages(app):
     no_receipts = make(app, "sent", "m-n", receiptRequested="none")
     done = make(app, "delivered", "m-d")
     unknown = make(app, "unknown")
-    fake = FakeCarrier({
-        "m-a": resource("m-a", accepted, deliveryState="not-delivered", deliveryCode=720),
-        "m-s": resource("m-s", sent, deliveryState="delivered", deliveryCode=0),
-        "m-u": resource("m-u", unknown, deliveryState="delivered", deliveryCode=0),
-        "m-other": resource("m-other", "rm-someone-else"),
-    })
+    fake = FakeCarrier(
+        {
+            "m-a": resource("m-a", accepted, deliveryState="not-delivered", deliveryCode=720),
+            "m-s": resource("m-s", sent, deliveryState="delivered", deliveryCode=0),
+            "m-u": resource("m-u", unknown, deliveryState="delivered", deliveryCode=0),
+            "m-other": resource("m-other", "rm-someone-else"),
+        }
+    )
     with app.app_context():
         recorded = reconcile_stale(db.engine, fake, after_s=60)
     assert recorded == 3

@@ -22,8 +22,10 @@ from tests import pg
 from tests.conftest import CALLBACK_PASSWORD, CALLBACK_USER, make_config
 from tests.test_callbacks import event, make_message
 
-AUTH = {"Authorization": "Basic " + base64.b64encode(
-    f"{CALLBACK_USER}:{CALLBACK_PASSWORD}".encode()).decode()}
+AUTH = {
+    "Authorization": "Basic "
+    + base64.b64encode(f"{CALLBACK_USER}:{CALLBACK_PASSWORD}".encode()).decode()
+}
 
 
 @pytest.fixture
@@ -57,8 +59,12 @@ def test_a_callback_on_a_connection_the_server_dropped_is_stored_once(pg_app):
     app, server = pg_app
     client = app.test_client()
     message_id = make_message(app, carrier_id="m-fffffffffffffffffffffff")
-    assert client.post("/callbacks/catapult", json=event(tag=message_id, state="sent"),
-                       headers=AUTH).status_code == 200
+    assert (
+        client.post(
+            "/callbacks/catapult", json=event(tag=message_id, state="sent"), headers=AUTH
+        ).status_code
+        == 200
+    )
     pids = _pooled_backends(app)
     assert pids, "the callback left its connection in the pool"
     with psycopg.connect(pg.plain_url(server), autocommit=True) as admin:

@@ -28,19 +28,30 @@ def seed(app, hours=6, per_hour=40, seed_value=3):
     with app.app_context():
         for i in range(hours * per_hour):
             created = now - timedelta(hours=hours) + timedelta(seconds=i * 3600 / per_hour)
-            [message] = messaging.enqueue(db.session, [{"from": "+15555550100",
-                                                         "to": "+15555550101", "text": "x"}],
-                                          now=created)
+            [message] = messaging.enqueue(
+                db.session,
+                [{"from": "+15555550100", "to": "+15555550101", "text": "x"}],
+                now=created,
+            )
             message.status = rng.choice(STATUSES)
             if message.status in ("delivered", "not-delivered", "error"):
                 message.accepted_at = created
                 message.receipt_seconds = rng.uniform(0.05, 30)
-            db.session.add(CallbackEvent(
-                received_at=created + timedelta(seconds=1), via=rng.choice(["primary",
-                                                                           "fallback"]),
-                method="POST", raw="{}", message_id=message.id, applied=True,
-                duplicate=rng.random() < 0.2, late=rng.random() < 0.1, parked=False,
-                unparseable=False, code_mismatch=False))
+            db.session.add(
+                CallbackEvent(
+                    received_at=created + timedelta(seconds=1),
+                    via=rng.choice(["primary", "fallback"]),
+                    method="POST",
+                    raw="{}",
+                    message_id=message.id,
+                    applied=True,
+                    duplicate=rng.random() < 0.2,
+                    late=rng.random() < 0.1,
+                    parked=False,
+                    unparseable=False,
+                    code_mismatch=False,
+                )
+            )
         db.session.commit()
     return now
 
@@ -91,8 +102,9 @@ def test_whole_days_are_read_from_day_sums(app, since_days):
     live = current(app, since)
     refresh_all(app, now=now)
     with app.app_context():
-        days = db.session.scalar(select(func.count(func.distinct(Rollup.bucket)))
-                                 .where(Rollup.kind == "day-status"))
+        days = db.session.scalar(
+            select(func.count(func.distinct(Rollup.bucket))).where(Rollup.kind == "day-status")
+        )
     assert days >= 2
     same(live, current(app, since))
 
@@ -101,15 +113,24 @@ def test_a_change_to_an_old_message_reaches_the_rollups(app, client, cb_auth):
     now = seed(app)
     refresh_all(app, now=now)
     with app.app_context():
-        old = db.session.scalar(select(Message).where(Message.status == "sent")
-                                .order_by(Message.id).limit(1))
+        old = db.session.scalar(
+            select(Message).where(Message.status == "sent").order_by(Message.id).limit(1)
+        )
         old.carrier_message_id = "m-old"
         db.session.commit()
         old_id = old.id
     before = current(app, None)["counts"]
-    response = client.post("/callbacks/catapult", headers=cb_auth, json={
-        "messageId": "m-old", "tag": old_id, "state": "sent", "deliveryState": "delivered",
-        "deliveryCode": 0})
+    response = client.post(
+        "/callbacks/catapult",
+        headers=cb_auth,
+        json={
+            "messageId": "m-old",
+            "tag": old_id,
+            "state": "sent",
+            "deliveryState": "delivered",
+            "deliveryCode": 0,
+        },
+    )
     assert response.status_code == 200
     refresh_all(app)
     after = current(app, None)["counts"]

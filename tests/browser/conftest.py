@@ -23,9 +23,15 @@ from app.models import Message, utcnow
 from tests.conftest import CALLBACK_PASSWORD, CALLBACK_USER, make_config
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
 CREDENTIALS = {"username": "dash", "password": "dash-pass"}
 # Records what the page's Content-Security-Policy blocked: escaped data never trips it.
@@ -39,14 +45,18 @@ document.addEventListener("securitypolicyviolation",
 @pytest.fixture(scope="session")
 def browser():
     if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's Chromium "
-                    "(`apt-get install -y chromium`) to run the dashboard's browser tests.")
+        pytest.fail(
+            f"{CHROMIUM} is missing: install Debian's Chromium "
+            "(`apt-get install -y chromium`) to run the dashboard's browser tests."
+        )
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.fail("The playwright package is missing: `.venv/bin/pip install playwright` "
-                    "(part of the dev extra). No `playwright install` is needed: the tests "
-                    f"drive {CHROMIUM}.")
+        pytest.fail(
+            "The playwright package is missing: `.venv/bin/pip install playwright` "
+            "(part of the dev extra). No `playwright install` is needed: the tests "
+            f"drive {CHROMIUM}."
+        )
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield chromium
@@ -68,8 +78,12 @@ def relay(tmp_path_factory):
     thread.start()
     url = f"http://127.0.0.1:{server.server_port}"
     try:
-        yield SimpleNamespace(app=app, url=url, add=lambda **kw: add(app, **kw),
-                              callback=lambda carrier_id, **kw: callback(url, carrier_id, **kw))
+        yield SimpleNamespace(
+            app=app,
+            url=url,
+            add=lambda **kw: add(app, **kw),
+            callback=lambda carrier_id, **kw: callback(url, carrier_id, **kw),
+        )
     finally:
         server.shutdown()
         thread.join(timeout=5)
@@ -81,9 +95,18 @@ def relay(tmp_path_factory):
 def add(app, **fields) -> str:
     """Insert a message (queued, A → B, created a second ago unless told otherwise)."""
     now = utcnow() - timedelta(seconds=1)
-    values = {"direction": "out", "from_number": "+15555550100", "to_number": "+15555550101",
-              "text": "hello", "status": "queued", "created_at": now, "updated_at": now,
-              "attempts": 0, "code_mismatch": False, **fields}
+    values = {
+        "direction": "out",
+        "from_number": "+15555550100",
+        "to_number": "+15555550101",
+        "text": "hello",
+        "status": "queued",
+        "created_at": now,
+        "updated_at": now,
+        "attempts": 0,
+        "code_mismatch": False,
+        **fields,
+    }
     with app.app_context():
         message = Message(**values)
         db.session.add(message)
@@ -93,12 +116,20 @@ def add(app, **fields) -> str:
 
 def callback(url: str, carrier_id: str, via: str = "primary", **fields) -> None:
     """A carrier event through the real HTTP callback endpoint, with the callback credentials."""
-    body = {"eventType": "sms", "direction": "out", "messageId": carrier_id,
-            "from": "+15555550100", "to": "+15555550101", "state": "sent",
-            "time": "2026-11-28T10:00:00.000Z", **fields}
+    body = {
+        "eventType": "sms",
+        "direction": "out",
+        "messageId": carrier_id,
+        "from": "+15555550100",
+        "to": "+15555550101",
+        "state": "sent",
+        "time": "2026-11-28T10:00:00.000Z",
+        **fields,
+    }
     path = "/callbacks/catapult" + ("/fallback" if via == "fallback" else "")
-    response = requests.post(url + path, json=body, auth=(CALLBACK_USER, CALLBACK_PASSWORD),
-                             timeout=5)
+    response = requests.post(
+        url + path, json=body, auth=(CALLBACK_USER, CALLBACK_PASSWORD), timeout=5
+    )
     assert response.status_code == 200
 
 
@@ -125,8 +156,14 @@ def page(browser, relay):
 @pytest.fixture
 def phone(browser, relay):
     """A phone-sized tab (390x844, touch, mobile viewport rules)."""
-    context, tab = _open(browser, relay, viewport={"width": 390, "height": 844},
-                         device_scale_factor=2, is_mobile=True, has_touch=True)
+    context, tab = _open(
+        browser,
+        relay,
+        viewport={"width": 390, "height": 844},
+        device_scale_factor=2,
+        is_mobile=True,
+        has_touch=True,
+    )
     yield tab
     context.close()
     assert tab.problems == []

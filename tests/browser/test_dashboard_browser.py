@@ -31,12 +31,19 @@ def traffic(relay):
     ids = {}
     for i, status in enumerate(["delivered"] * 6 + ["not-delivered", "error", "sent", "queued"]):
         cid = carrier_id() if status != "queued" else None
-        ids.setdefault(status, []).append(relay.add(
-            status=status, carrier_message_id=cid, tag=f"order-{i}",
-            accepted_at=now - timedelta(minutes=10 - i) if cid else None,
-            final_at=now - timedelta(minutes=9 - i) if status in ("delivered", "error") else None,
-            receipt_seconds=40.0 + i if status == "delivered" else None,
-            delivery_code=0 if status == "delivered" else None))
+        ids.setdefault(status, []).append(
+            relay.add(
+                status=status,
+                carrier_message_id=cid,
+                tag=f"order-{i}",
+                accepted_at=now - timedelta(minutes=10 - i) if cid else None,
+                final_at=now - timedelta(minutes=9 - i)
+                if status in ("delivered", "error")
+                else None,
+                receipt_seconds=40.0 + i if status == "delivered" else None,
+                delivery_code=0 if status == "delivered" else None,
+            )
+        )
     relay.callback(carrier_id(), via="fallback")
     return ids
 
@@ -84,11 +91,22 @@ def test_search_by_carrier_id_opens_the_message(page, relay, shot):
 def test_open_a_message_from_the_list(page, relay, shot):
     mine = number()
     cid = carrier_id()
-    message_id = relay.add(status="accepted", carrier_message_id=cid, to_number=mine,
-                           accepted_at=utcnow(), tag="invoice-42")
+    message_id = relay.add(
+        status="accepted",
+        carrier_message_id=cid,
+        to_number=mine,
+        accepted_at=utcnow(),
+        tag="invoice-42",
+    )
     relay.callback(cid, to=mine)
-    relay.callback(cid, to=mine, deliveryState="delivered", deliveryCode=0,
-                   deliveryDescription="Message delivered to carrier", via="fallback")
+    relay.callback(
+        cid,
+        to=mine,
+        deliveryState="delivered",
+        deliveryCode=0,
+        deliveryDescription="Message delivered to carrier",
+        via="fallback",
+    )
     page.goto(f"/dashboard/messages?number={quote(mine)}")
     page.locator(f'tr[data-id="{message_id}"] a').first.click()
     page.wait_for_url(f"**/dashboard/messages/{message_id}")
@@ -141,12 +159,27 @@ def test_xss_in_message_data_never_runs(page, relay, shot):
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
     mine = number()
     cid = carrier_id()
-    message_id = relay.add(status="sent", carrier_message_id=cid, text=XSS_TEXT, tag=XSS_TAG,
-                           from_number=mine, accepted_at=utcnow())
-    relay.callback(cid, text=XSS_TEXT, tag=XSS_TAG, deliveryState="not-delivered",
-                   deliveryCode=720, deliveryDescription=XSS_TEXT)
-    for url in (f"/dashboard/messages?number={quote(mine)}", f"/dashboard/messages/{message_id}",
-                f"/dashboard/events?carrier={cid}"):
+    message_id = relay.add(
+        status="sent",
+        carrier_message_id=cid,
+        text=XSS_TEXT,
+        tag=XSS_TAG,
+        from_number=mine,
+        accepted_at=utcnow(),
+    )
+    relay.callback(
+        cid,
+        text=XSS_TEXT,
+        tag=XSS_TAG,
+        deliveryState="not-delivered",
+        deliveryCode=720,
+        deliveryDescription=XSS_TEXT,
+    )
+    for url in (
+        f"/dashboard/messages?number={quote(mine)}",
+        f"/dashboard/messages/{message_id}",
+        f"/dashboard/events?carrier={cid}",
+    ):
         page.goto(url)
         page.wait_for_timeout(1300)  # let one live refresh swap the fragment in, too
         assert page.evaluate("window.__xss") is None
@@ -159,8 +192,9 @@ def test_xss_in_message_data_never_runs(page, relay, shot):
     shot(page, "message-xss")
 
 
-@pytest.mark.parametrize("path", ["/dashboard/", "/dashboard/messages", "/dashboard/events",
-                                  "message"])
+@pytest.mark.parametrize(
+    "path", ["/dashboard/", "/dashboard/messages", "/dashboard/events", "message"]
+)
 def test_phone_width_has_no_page_overflow(phone, relay, traffic, shot, path):
     if path == "message":
         path = f"/dashboard/messages/{traffic['delivered'][0]}"
