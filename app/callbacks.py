@@ -8,6 +8,7 @@ calls, no work that can happen later. It answers 200 only after the commit.
 from __future__ import annotations
 
 import base64
+import functools
 import hmac
 import json
 
@@ -30,17 +31,20 @@ _UNAUTHORIZED = json.dumps(
 )
 
 
+@functools.cache
+def _basic_header(username: str, password: str) -> bytes:
+    """The ``Authorization`` header a client sends for these credentials."""
+    return b"Basic " + base64.b64encode(f"{username}:{password}".encode())
+
+
 def _authorized() -> bool:
     """Basic credentials (embedded by us in the callback URLs), compared in constant time.
 
     The header the carrier sends for our own credentials is compared as a whole first (no
     parsing); anything else is parsed and compared field by field."""
     cfg = current_app.config
-    expected = cfg.get("_CALLBACK_AUTHORIZATION")
-    if expected is None:
-        token = f"{cfg['CALLBACK_USERNAME']}:{cfg['CALLBACK_PASSWORD']}".encode()
-        expected = cfg["_CALLBACK_AUTHORIZATION"] = b"Basic " + base64.b64encode(token)
     header = request.environ.get("HTTP_AUTHORIZATION", "").encode("latin-1", "replace")
+    expected = _basic_header(cfg["CALLBACK_USERNAME"], cfg["CALLBACK_PASSWORD"])
     if hmac.compare_digest(header, expected):
         return True
     auth = request.authorization
