@@ -29,10 +29,10 @@ AUTH = {
 
 
 @pytest.fixture
-def pg_app(request, tmp_path):
-    if "postgresql" not in request.config.getoption("--backends").split(","):
-        pytest.skip("PostgreSQL excluded with --backends")
-    server = request.getfixturevalue("postgres_server")
+def pg_app(postgres_server, tmp_path):
+    """An app on a fresh schema of the tests' PostgreSQL server (a PostgreSQL-only concern:
+    this module runs there whatever ``--backends`` says)."""
+    server = postgres_server
     schema = f"t_{uuid.uuid4().hex[:12]}"
     app = create_app(make_config(tmp_path, DATABASE_URL=pg.create_schema(server, schema)))
     with app.app_context():
