@@ -3,7 +3,6 @@ and the one write transaction around them."""
 
 from __future__ import annotations
 
-import base64
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -13,7 +12,7 @@ from app import receive
 from app.db_setup import write_transaction
 from app.extensions import db
 from app.models import CallbackEvent, Message, utcnow
-from tests.conftest import CALLBACK_PASSWORD, CALLBACK_USER
+from tests.conftest import CALLBACK_PASSWORD, CALLBACK_USER, basic
 from tests.test_callbacks import event, make_message
 
 pytestmark = pytest.mark.both_backends
@@ -102,17 +101,16 @@ def test_write_transaction_rolls_back_when_the_block_raises(app):
         assert db.session.get(Message, message_id).status == "sent"
 
 
-def test_receipt_time_is_computed_on_the_raw_path(app, client):
+def test_receipt_time_is_computed_on_the_raw_path(app, client, cb_auth):
     """accepted_at is read back through the result processor and used in arithmetic."""
     message_id = make_message(app, carrier_id="m-ddddddddddddddddddddddd")
     with app.app_context():
         message = db.session.get(Message, message_id)
         message.accepted_at = utcnow() - timedelta(seconds=30)
         db.session.commit()
-    token = base64.b64encode(f"{CALLBACK_USER}:{CALLBACK_PASSWORD}".encode()).decode()
     response = client.post(
         "/callbacks/catapult",
-        headers={"Authorization": f"Basic {token}"},
+        headers=cb_auth,
         json=event(
             carrier_id="m-ddddddddddddddddddddddd", deliveryState="delivered", deliveryCode=0
         ),
@@ -128,17 +126,9 @@ def test_receipt_time_is_computed_on_the_raw_path(app, client):
 def test_callback_credentials_with_another_scheme_spelling_are_accepted(app, client, scheme):
     """The whole-header comparison is only a shortcut; other valid spellings still parse."""
     message_id = make_message(app, carrier_id="m-eeeeeeeeeeeeeeeeeeeeeee")
-    token = base64.b64encode(f"{CALLBACK_USER}:{CALLBACK_PASSWORD}".encode()).decode()
-    response = client.post(
-        "/callbacks/catapult",
-        headers={"Authorization": f"{scheme} {token}"},
-        json=event(tag=message_id),
-    )
-    assert response.status_code == 200
-    wrong = base64.b64encode(f"{CALLBACK_USER}:nope".encode()).decode()
-    response = client.post(
-        "/callbacks/catapult",
-        headers={"Authorization": f"{scheme} {wrong}"},
-        json=event(tag=message_id),
-    )
-    assert response.status_code == 401
+    for password, status in ((CALLBACK_PASSWORD, 200), ("nope", 401)):
+        header = basic(CALLBACK_USER, password)["Authorization"].replace("Basic", scheme, 1)
+        response = client.post(
+            "/callbacks/catapult", headers={"Authorization": header}, json=event(tag=message_id)
+        )
+        assert response.status_code == status

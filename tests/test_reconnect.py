@@ -8,7 +8,6 @@ connection."""
 
 from __future__ import annotations
 
-import base64
 import uuid
 
 import psycopg
@@ -19,13 +18,10 @@ from app import create_app
 from app.extensions import db
 from app.models import CallbackEvent, Message
 from tests import pg
-from tests.conftest import CALLBACK_PASSWORD, CALLBACK_USER, make_config
+from tests.conftest import CALLBACK_PASSWORD, CALLBACK_USER, basic, make_config
 from tests.test_callbacks import event, make_message
 
-AUTH = {
-    "Authorization": "Basic "
-    + base64.b64encode(f"{CALLBACK_USER}:{CALLBACK_PASSWORD}".encode()).decode()
-}
+AUTH = basic(CALLBACK_USER, CALLBACK_PASSWORD)
 
 
 @pytest.fixture
