@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from flask import Flask
+from flask import Flask, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .config import ConfigError, load_settings
@@ -18,6 +18,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.json.sort_keys = False  # keep the resources' field order, as documented
     register_config(app, config)
     register_extensions(app)
+    register_limits(app)
     register_blueprints(app)
     register_errors(app)
     register_cli(app)
@@ -41,12 +42,14 @@ def register_config(app: Flask, config: dict | None) -> None:
         OPENAPI_VERSION="3.0.3",
         OPENAPI_URL_PREFIX="/api",
         OPENAPI_JSON_PATH="openapi.json",
-        SQLALCHEMY_ENGINE_OPTIONS={},
     )
     if config:
         app.config.update(config)
         if "DATABASE_URL" in config:
             app.config["SQLALCHEMY_DATABASE_URI"] = config["DATABASE_URL"]
+    app.config.setdefault(
+        "SQLALCHEMY_ENGINE_OPTIONS", engine_options(app.config["SQLALCHEMY_DATABASE_URI"])
+    )
     app.config["GENERATED_SECRETS"] = settings.generated
     if settings.generated and app.config["RELAY_ENV"] == "development":
         # Printed once, when first generated; kept in instance/dev-secrets.json afterwards.
@@ -67,6 +70,26 @@ def register_config(app: Flask, config: dict | None) -> None:
         os.makedirs(app.instance_path, exist_ok=True)
 
 
+def engine_options(url: str) -> dict:
+    """PostgreSQL: give up on a server that does not answer within seconds (a connection that
+    hangs would hold a worker thread), unless the URL says otherwise. The callback path has
+    its own, shorter deadline (``CALLBACK_DB_BUDGET_MS``); this bounds everything else."""
+    if not url.startswith("postgresql"):
+        return {}
+    defaults = {
+        "connect_timeout": 3,
+        # A server that vanished (host down, network cut) is noticed within ~10 s instead of
+        # the kernel's default of minutes.
+        "keepalives": 1,
+        "keepalives_idle": 5,
+        "keepalives_interval": 2,
+        "keepalives_count": 2,
+        "tcp_user_timeout": 10000,
+    }
+    query = url.partition("?")[2]
+    return {"connect_args": {k: v for k, v in defaults.items() if f"{k}=" not in query}}
+
+
 # CLI commands that do not need the relay's secrets: they run with the database URL alone.
 TOLERANT_COMMANDS = {"sandbox", "db", "routes", "shell", "--help", None}
 
@@ -84,6 +107,7 @@ def _cli_command() -> str | None:
 def register_extensions(app: Flask) -> None:
     from . import db_setup
     from .extensions import SessionOnlyWhenSent, api, db, migrate
+    from .ingest import init_ingest
     from .metrics import init_metrics
 
     app.session_interface = SessionOnlyWhenSent()
@@ -92,8 +116,30 @@ def register_extensions(app: Flask) -> None:
     migrate.init_app(app, db, directory=migrations)
     with app.app_context():
         db_setup.configure_engine(db.engine)
+        init_ingest(app, db.engine)
     api.init_app(app)
     init_metrics(app)
+
+
+def register_limits(app: Flask) -> None:
+    """Bodies over ``MAX_BODY_BYTES`` are refused (413) before they are read: by their
+    ``Content-Length`` here, and a chunked one once it passes the limit while being read
+    (``MAX_CONTENT_LENGTH``). The callback routes apply their own, smaller limit first."""
+    from .errors import ApiError
+
+    app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_BODY_BYTES"]
+
+    @app.before_request
+    def refuse_large_bodies():
+        limit = app.config["MAX_BODY_BYTES"]
+        if (request.content_length or 0) > limit:
+            raise ApiError(
+                413,
+                "bad-request",
+                "request-too-large",
+                f"Request bodies are limited to {limit} bytes.",
+                headers={"Connection": "close"},
+            )
 
 
 def register_blueprints(app: Flask) -> None:

@@ -1,8 +1,9 @@
-"""The callback receiver: the hot path. Verify, store raw, correlate, apply, commit, answer 200.
+"""The callback receiver: the hot path. Verify, read, store (or journal), answer 200.
 
 Catapult tries ``callbackUrl`` once and ``fallbackUrl`` once, then drops the event
-(catapult-v1.md §3), so this path does one short transaction and nothing else: no network
-calls, no work that can happen later. It answers 200 only after the commit.
+(catapult-v1.md §3), so this path does one short transaction (or one journal append) and
+nothing else: no network calls, no work that can happen later. It answers 200 only once the
+event is durable: committed (``ingest``: correlated and applied by ``receive``) or journaled.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ import base64
 import functools
 import hmac
 import json
+import time
 
 from flask import Blueprint, Response, current_app, request
 
-from . import receive
-from .db_setup import ConnectionLost, write_transaction
-from .extensions import db
+from .errors import CATEGORY_BY_STATUS
+from .events import Received
+from .ingest import EXTENSION, IngestUnavailable
 from .metrics import CALLBACKS
 
 bp = Blueprint("callbacks", __name__, url_prefix="/callbacks")
@@ -57,7 +59,28 @@ def _authorized() -> bool:
     return user_ok and password_ok
 
 
+def _error(status: int, code: str, message: str, headers: dict | None = None) -> Response:
+    body = {"category": CATEGORY_BY_STATUS[status], "code": code, "message": message}
+    return Response(
+        json.dumps({**body, "details": []}), status, headers, mimetype="application/json"
+    )
+
+
 def _receive(via: str) -> Response:
+    """Verify → read (bounded) → store or journal → 200; see ``ingest`` for the storing."""
+    arrived = time.monotonic()
+    cfg = current_app.config
+    limit = cfg["CALLBACK_MAX_BODY_BYTES"]
+    # Before the credentials and before reading anything: a body this large is not a
+    # Catapult event (a few KB), and reading it would cost the memory it claims.
+    if (request.content_length or 0) > limit or len(request.query_string) > limit:
+        CALLBACKS.labels(via, request.method, "too-large").inc()
+        return _error(
+            413,
+            "request-too-large",
+            f"Callback requests are limited to {limit} bytes.",
+            {"Connection": "close"},  # so the server does not read the rest of the body
+        )
     if not _authorized():
         CALLBACKS.labels(via, request.method, "unauthorized").inc()
         return Response(
@@ -70,38 +93,24 @@ def _receive(via: str) -> Response:
     if request.method == "GET":
         raw = request.query_string.decode("utf-8", "replace")
     else:
+        request.max_content_length = limit  # a chunked body stops (413) at the limit too
         raw = request.get_data(as_text=True)
-    stored = _store(
+    received = Received(
         via=via,
         method=request.method,
         raw=raw,
-        payload=receive.parse_raw(request.method, raw),
         content_type=request.content_type,
-        user_agent=(request.headers.get("User-Agent") or "")[:200] or None,
+        user_agent=request.headers.get("User-Agent"),
     )
-    CALLBACKS.labels(via, request.method, stored.outcome).inc()
+    try:
+        outcome = current_app.extensions[EXTENSION].accept(received, arrived)
+    except IngestUnavailable as exc:
+        # Not stored anywhere: say so, so that the carrier's fallback try can go elsewhere.
+        current_app.logger.error("callback not stored: %s", exc)
+        CALLBACKS.labels(via, request.method, "unavailable").inc()
+        return _error(503, "unavailable", "The callback could not be stored.", {"Retry-After": "1"})
+    CALLBACKS.labels(via, request.method, outcome).inc()
     return Response(status=200)
-
-
-def _store(**event) -> receive.StoredEvent:
-    """One short transaction on a pooled DBAPI connection (not the ORM session), committed
-    before the caller's 200, which promises the event is stored.
-
-    A pooled connection that the database server dropped while it sat idle (a restart, a
-    failover) fails on its first statement, before the server did anything for this
-    transaction: then, once, the transaction runs again on a fresh connection rather than
-    spending one of the carrier's two tries on a 500."""
-    engine = db.engine
-    for attempt in (1, 2):
-        tx = None
-        try:
-            with write_transaction(engine) as dbapi:
-                tx = receive.RawTx(dbapi, engine.dialect)
-                return receive.store_event(tx, **event)
-        except ConnectionLost:
-            if attempt == 2 or tx is None or tx.statements:
-                raise
-    raise AssertionError("unreachable")
 
 
 @bp.route("/catapult", methods=["GET", "POST"])

@@ -177,5 +177,13 @@ def load_settings(env: dict | None = None, instance_path: str | None = None) -> 
         # Seconds a message may stay short of a final status before the reconciler asks.
         "RECONCILE_AFTER_S": _int(env, "RECONCILE_AFTER_S", 900, errors, 1),
         "CARRIER_TIMEOUT_S": _float(env, "CARRIER_TIMEOUT_S", 15.0, errors),
+        # Callbacks the database cannot take wait here, durably: a persistent volume.
+        "JOURNAL_DIR": str(Path(env.get("JOURNAL_DIR") or instance / "journal").resolve()),
+        # How long a callback waits for its commit before it goes to the journal instead.
+        "CALLBACK_DB_BUDGET_MS": _int(env, "CALLBACK_DB_BUDGET_MS", 2000, errors, 1, 8000),
+        # Bodies larger than these are refused (413) unread: a Catapult callback is a few KB;
+        # a batch of 50 messages of 2048 characters, JSON-escaped, some hundreds of KB.
+        "MAX_BODY_BYTES": _int(env, "MAX_BODY_BYTES", 1 << 20, errors, 1024),
+        "CALLBACK_MAX_BODY_BYTES": _int(env, "CALLBACK_MAX_BODY_BYTES", 64 << 10, errors, 1024),
     }
     return Settings(values=values, errors=errors, generated=generated)

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session
 
 WRITE_LOCK = "relay_write_lock_fd"  # keys in the pool record's info dict
 LOCKED = "relay_write_locked"
@@ -57,6 +58,23 @@ def acquire_write_lock(info: dict) -> None:
     if fd is not None and not info.get(LOCKED):
         fcntl.flock(fd, fcntl.LOCK_EX)
         info[LOCKED] = True
+
+
+def connection_of(target: Session | Connection) -> Connection:
+    """The Core connection of a session (or the connection itself)."""
+    return target if isinstance(target, Connection) else target.connection()
+
+
+def lock_for_write(target: Session | Connection) -> Connection:
+    """Start the transaction as a writer. SQLite: ``BEGIN IMMEDIATE`` takes the database write
+    lock up front (a deferred transaction that reads and then writes can fail with
+    SQLITE_BUSY_SNAPSHOT under WAL). PostgreSQL locks the message row with ``FOR UPDATE``
+    instead (SQLite's compiler leaves that clause out)."""
+    conn = connection_of(target)
+    if conn.dialect.name == "sqlite" and not conn.connection.dbapi_connection.in_transaction:
+        acquire_write_lock(conn.connection.info)
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    return conn
 
 
 def release_write_lock(record) -> None:

@@ -15,13 +15,13 @@ from typing import Any
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from .db_setup import lock_for_write  # noqa: F401  (re-exported for callers)
+from .events import event_status  # noqa: F401
 from .ids import new_id
 from .models import STATUS_RANK, Message, utcnow
 from .receive import (  # noqa: F401  (the receive side, re-exported for callers)
     attach_parked,
     attach_parked_sweep,
-    event_status,
-    lock_for_write,
     store_event,
 )
 

@@ -4,28 +4,78 @@ from __future__ import annotations
 
 import os
 
-from flask import Flask, Response
+from flask import Flask, Response, current_app
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 
 CALLBACKS = Counter(
     "relay_callbacks_total", "Callback events received", ["via", "method", "outcome"]
 )
 SENDS = Counter("relay_carrier_sends_total", "Messages handed to the carrier", ["outcome"])
 API_MESSAGES = Counter("relay_api_messages_total", "Messages accepted by the send API")
+JOURNAL_WRITTEN = Counter(
+    "relay_journal_written_total", "Callbacks written to the journal (the database could not)"
+)
+JOURNAL_REPLAYED = Counter(
+    "relay_journal_replayed_total", "Journaled callbacks applied to the database"
+)
+
+
+class JournalCollector:
+    """The journal's depth, oldest entry and set-aside entries, read when scraped (the journal
+    is shared by the host's processes: one reading, not a sum over them)."""
+
+    def __init__(self, journal) -> None:
+        self.journal = journal
+
+    def collect(self):
+        try:
+            depth, oldest = self.journal.depth()
+            dead = self.journal.dead()
+        except Exception:  # an unreadable journal shows as NaN, not as a failed scrape
+            depth, oldest, dead = float("nan"), float("nan"), float("nan")
+        yield GaugeMetricFamily(
+            "relay_journal_depth", "Callbacks waiting in the journal", value=depth
+        )
+        yield GaugeMetricFamily(
+            "relay_journal_oldest_age_seconds",
+            "Age of the oldest callback waiting in the journal (0 when empty)",
+            value=oldest or 0.0,
+        )
+        yield GaugeMetricFamily(
+            "relay_journal_dead", "Journal entries set aside after repeated failures", value=dead
+        )
 
 
 def init_metrics(app: Flask) -> None:
     """Expose ``GET /metrics`` in the Prometheus text format."""
 
     def metrics_view():
+        from .ingest import EXTENSION
+
+        ingest = current_app.extensions.get(EXTENSION)
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             from prometheus_client import multiprocess
 
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
-            data = generate_latest(registry)
         else:
-            data = generate_latest()
-        return Response(data, mimetype=CONTENT_TYPE_LATEST)
+            from prometheus_client import REGISTRY
+
+            registry = CollectorRegistry()
+            registry.register(_Everything(REGISTRY))
+        if ingest is not None:
+            registry.register(JournalCollector(ingest.journal))
+        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
     app.add_url_rule("/metrics", "metrics", metrics_view, methods=["GET"])
+
+
+class _Everything:
+    """The process's default registry, as one collector of a scrape-time registry."""
+
+    def __init__(self, registry) -> None:
+        self.registry = registry
+
+    def collect(self):
+        return self.registry.collect()

@@ -140,6 +140,11 @@ class CallbackEvent(db.Model):
     raw: Mapped[str] = mapped_column(Text)
     content_type: Mapped[str | None] = mapped_column(String(120))
     user_agent: Mapped[str | None] = mapped_column(String(200))
+    # The relay's key for the callback request that carried the event, given on arrival and
+    # kept in the journal: unique, so an event that was journaled (and perhaps also committed
+    # by a transaction that outlived its budget) is applied exactly once. Reconcile answers
+    # have none.
+    request_key: Mapped[str | None] = mapped_column(String(32))
     message_id: Mapped[str | None] = mapped_column(ForeignKey("messages.id"))
     carrier_message_id: Mapped[str | None] = mapped_column(String(64), index=True)
     tag: Mapped[str | None] = mapped_column(Text)
@@ -161,13 +166,14 @@ class CallbackEvent(db.Model):
     __table_args__ = (
         # A message's timeline, and (message_id IS NULL) the unmatched events, in id order.
         Index("ix_callback_events_message_id_id", "message_id", "id"),
+        Index("uq_callback_events_request_key", "request_key", unique=True),
     )
 
     @property
     def payload(self) -> dict[str, Any] | None:
         """The event's fields, parsed from ``raw`` (the one stored copy): query parameters for a
         GET callback, the JSON object otherwise; None when it cannot be parsed."""
-        from .receive import parse_raw
+        from .events import parse_raw
 
         return parse_raw(self.method, self.raw)
 

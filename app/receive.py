@@ -1,266 +1,39 @@
-"""The receive side: store every callback event and apply it to its message.
+"""Correlate a callback event with its message and apply it: the receive side's domain.
 
-This is the hot path behind ``/callbacks/catapult``, so it works with a handful of SQL
-statements inside the caller's one transaction:
+Behind ``/callbacks/catapult`` (and journal replay, and reconciliation) every event goes
+through ``store_event`` inside the caller's one write transaction:
 
-    BEGIN IMMEDIATE (SQLite) → SELECT the message + "seen this event before?" in one query
-    → INSERT the raw event → UPDATE the message (only when the event moves it) → COMMIT
+    SELECT the message + "seen this event before?" in one query (correlate: ``tag`` → relay
+    id, else ``messageId`` → carrier id) → INSERT the raw event → UPDATE the message (only
+    when the event moves it, by the state machine ``decide``)
 
-The statements are SQLAlchemy Core constructs, compiled once per dialect and run on the DBAPI
-cursor with the column types' own bind and result processors (``Prepared``): the same SQL and
-type handling as ``Connection.execute``, without its per-execution machinery, which cost more
-CPU than the database work itself (bench/results).
-
-The state machine (``decide``) is a pure function shared with parked-event attachment and
-reconciliation, so every path applies events the same way.
+The statements are Core constructs run through ``rawsql`` (compiled once per dialect). The
+state machine is a pure function shared with parked-event attachment and reconciliation, so
+every path applies events the same way.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from urllib.parse import parse_qsl
 
 from sqlalchemy import bindparam, exists, insert, select, update
-from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
-from sqlalchemy.sql import Executable
 
-from .db_setup import acquire_write_lock
+from .db_setup import lock_for_write
+from .events import event_columns, event_status, integer, parse_media, parse_raw, storable, text
 from .ids import is_carrier_id, new_id
 from .models import STATUS_RANK, CallbackEvent, Message, utcnow
+from .rawsql import RawTx
 
 M = Message.__table__
 E = CallbackEvent.__table__
-
-
-def connection_of(target: Session | Connection) -> Connection:
-    """The Core connection of a session (or the connection itself)."""
-    return target if isinstance(target, Connection) else target.connection()
-
-
-def lock_for_write(target: Session | Connection) -> Connection:
-    """Start the transaction as a writer. SQLite: ``BEGIN IMMEDIATE`` takes the database write
-    lock up front (a deferred transaction that reads and then writes can fail with
-    SQLITE_BUSY_SNAPSHOT under WAL). PostgreSQL locks the message row with ``FOR UPDATE``
-    instead (SQLite's compiler leaves that clause out)."""
-    conn = connection_of(target)
-    if conn.dialect.name == "sqlite" and not conn.connection.dbapi_connection.in_transaction:
-        acquire_write_lock(conn.connection.info)
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-    return conn
-
-
-# ---------------------------------------------------------------- prepared statements
-
-
-class Prepared:
-    """A Core statement compiled once for one dialect, executed on a DBAPI cursor.
-
-    Parameters go through ``construct_params`` and each bind's ``bind_processor`` (UTC
-    datetimes, booleans, JSON), selected columns through their ``result_processor``, exactly
-    as SQLAlchemy would. Statements whose compiled form needs Python-side column defaults are
-    refused: every value must be given."""
-
-    __slots__ = ("sql", "_compiled", "_order", "_binds", "_results", "_fields")
-
-    def __init__(self, statement: Executable, dialect: Dialect, keys: tuple[str, ...] | None):
-        compiled = statement.compile(dialect=dialect, column_keys=list(keys) if keys else None)
-        if compiled.insert_prefetch or compiled.update_prefetch:
-            missing = [c.key for c in (*compiled.insert_prefetch, *compiled.update_prefetch)]
-            raise ValueError(f"Prepared statements take every value explicitly: {missing}")
-        self.sql = compiled.string
-        self._compiled = compiled
-        self._order = compiled.positiontup  # None for named paramstyles (psycopg)
-        self._binds = [
-            (name, process)
-            for name, bind in compiled.binds.items()
-            if (process := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
-        ]
-        if hasattr(statement, "selected_columns"):
-            columns = [(c.key, c.type) for c in statement.selected_columns]
-        else:  # INSERT/UPDATE ... RETURNING
-            columns = [
-                (d["name"], d["type"])
-                for d in getattr(statement, "returning_column_descriptions", ())
-            ]
-        self._fields = tuple(name for name, _type in columns)
-        self._results = [
-            (i, process)
-            for i, (_name, type_) in enumerate(columns)
-            if (process := type_.dialect_impl(dialect).result_processor(dialect, None)) is not None
-        ]
-
-    def execute(self, cursor, params: dict[str, Any]):
-        values = self._compiled.construct_params(params)
-        for name, process in self._binds:
-            values[name] = process(values[name])
-        cursor.execute(
-            self.sql, values if self._order is None else [values[name] for name in self._order]
-        )
-        return cursor
-
-    def first(self, cursor, params: dict[str, Any]) -> Record | None:
-        row = self.execute(cursor, params).fetchone()
-        if row is None:
-            return None
-        if self._results:
-            row = list(row)
-            for i, process in self._results:
-                row[i] = process(row[i])
-        return Record(zip(self._fields, row, strict=True))
-
-
-class Record(dict):
-    """A fetched row: columns by name as attributes."""
-
-    __slots__ = ()
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-
-_PREPARED: dict[tuple, Prepared] = {}
-
-
-class RawTx:
-    """A DBAPI connection inside a write transaction, and its dialect's prepared statements.
-
-    ``statements`` counts the statements that completed: while it is 0 the server has done
-    nothing for this transaction."""
-
-    __slots__ = ("cursor", "dialect", "statements", "_key")
-
-    def __init__(self, dbapi_connection, dialect: Dialect):
-        self.cursor = dbapi_connection.cursor()
-        self.dialect = dialect
-        self.statements = 0
-        self._key = (dialect.name, dialect.driver, dialect.paramstyle)
-
-    def prepared(self, statement: Executable, keys: tuple[str, ...] | None = None) -> Prepared:
-        key = (statement, keys, *self._key)
-        found = _PREPARED.get(key)
-        if found is None:
-            found = _PREPARED[key] = Prepared(statement, self.dialect, keys)
-        return found
-
-    def first(
-        self, statement: Executable, params: dict[str, Any], keys: tuple[str, ...] | None = None
-    ) -> Record | None:
-        row = self.prepared(statement, keys).first(self.cursor, params)
-        self.statements += 1
-        return row
-
-    def run(self, statement: Executable, params: dict[str, Any]):
-        """Execute with exactly ``params``' keys as the statement's values (INSERT/UPDATE)."""
-        cursor = self.prepared(statement, tuple(params)).execute(self.cursor, params)
-        self.statements += 1
-        return cursor
-
-    @classmethod
-    def of(cls, target: Session | Connection | RawTx) -> RawTx:
-        """The raw transaction of a session or connection, started as a writer."""
-        if isinstance(target, RawTx):
-            return target
-        conn = lock_for_write(target)
-        return cls(conn.connection.dbapi_connection, conn.dialect)
-
-
-# ---------------------------------------------------------------- parsing
-
-
-def text(value: Any) -> str | None:
-    """A non-empty stripped string, or None (objects and lists are not text)."""
-    if value is None or isinstance(value, (dict, list)):
-        return None
-    value = str(value).strip()
-    return value or None
-
-
-def integer(value: Any) -> int | None:
-    """``deliveryCode`` and ``segmentCount`` arrive as numbers or numeric strings."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            return None
-    return None
-
-
-def lower(value: Any) -> str | None:
-    value = text(value)
-    return value.lower() if value else None
-
-
-def parse_media(value: Any) -> list[str] | None:
-    """MMS media: a JSON list, one URL, or (GET callbacks) a bracketed ``[url1, url2]`` string."""
-    if value is None:
-        return None
-    if isinstance(value, list):
-        return [str(v) for v in value]
-    value = str(value).strip()
-    if value.startswith("[") and value.endswith("]"):
-        value = value[1:-1]
-    items = [v.strip() for v in value.split(",") if v.strip()]
-    return items or None
-
-
-def event_status(state: str | None, delivery_state: str | None) -> str | None:
-    """The relay status an outbound event reports; None when it reports nothing we know."""
-    if state == "error":
-        return "error"
-    if delivery_state == "delivered":
-        return "delivered"
-    if delivery_state == "not-delivered":
-        return "not-delivered"
-    if state == "sent":
-        return "sent"
-    if state in ("queued", "sending"):
-        return "accepted"
-    return None
-
-
-def parse_raw(method: str, raw: str | None) -> dict[str, Any] | None:
-    """An event's fields from its raw form: GET callbacks carry them as query parameters
-    (catapult-v1.md §3; the first value of a repeated name wins), POST ones as a JSON object."""
-    if not raw:
-        return None
-    if method == "GET":
-        return dict(reversed(parse_qsl(raw, keep_blank_values=True))) or None
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def event_columns(payload: Any) -> dict[str, Any]:
-    """The indexed columns of an event taken from its payload; ``unparseable`` when it is not
-    an object or names neither a message id nor a tag."""
-    if not isinstance(payload, dict):
-        return {"unparseable": True}
-    columns = {
-        "carrier_message_id": text(payload.get("messageId")),
-        "tag": text(payload.get("tag")),
-        "event_type": text(payload.get("eventType")),
-        "direction": lower(payload.get("direction")),
-        "state": lower(payload.get("state")),
-        "delivery_state": lower(payload.get("deliveryState")),
-        "delivery_code": integer(payload.get("deliveryCode")),
-    }
-    columns["unparseable"] = columns["carrier_message_id"] is None and columns["tag"] is None
-    return columns
+_CONTENT_TYPE_LIMIT = E.c.content_type.type.length
+_USER_AGENT_LIMIT = E.c.user_agent.type.length
+_NUMBER_LIMIT = M.c.from_number.type.length
+_FROM_RAW = object()  # store_event's default payload: the fields parsed from the raw request
 
 
 # ---------------------------------------------------------------- the state machine
@@ -424,25 +197,35 @@ def store_event(
     via: str,
     method: str,
     raw: str,
-    payload: Any,
+    payload: Any = _FROM_RAW,
     content_type: str | None = None,
     user_agent: str | None = None,
     now: datetime | None = None,
+    received_at: datetime | None = None,
+    request_key: str | None = None,
 ) -> StoredEvent:
     """Insert the raw event and apply it. The event is stored whatever happens next.
 
     ``target`` is a session or connection (its transaction is started as a writer here) or a
-    ``RawTx`` the caller already began (the callback endpoint); the caller commits."""
+    ``RawTx`` the caller already began (the callback path); the caller commits. ``payload``
+    defaults to the fields parsed from ``raw`` (anything but an object stores the request as
+    unparseable). ``received_at`` is when the request arrived
+    (a journaled event is applied later: ``now`` is then the time of applying it);
+    ``request_key`` is the unique key of the request that carried it, so that applying the
+    same request twice fails instead of storing it twice."""
     now = now or utcnow()
     tx = RawTx.of(target)
+    if payload is _FROM_RAW:
+        payload = parse_raw(method, raw)
     event = event_columns(payload)
     row = {
-        "received_at": now,
+        "received_at": received_at or now,
         "via": via,
         "method": method,
-        "raw": raw,
-        "content_type": content_type,
-        "user_agent": user_agent,
+        "raw": storable(raw),
+        "content_type": text(content_type, _CONTENT_TYPE_LIMIT),
+        "user_agent": text(user_agent, _USER_AGENT_LIMIT),
+        "request_key": request_key,
         "carrier_message_id": None,
         "tag": None,
         "event_type": None,
@@ -521,17 +304,17 @@ def _store_inbound(tx: RawTx, row: dict, payload: dict, now) -> Decision:
             direction="in",
             status="received",
             state="received",
-            from_number=text(payload.get("from")) or "",
-            to_number=text(payload.get("to")) or "",
-            text=payload.get("text") if isinstance(payload.get("text"), str) else None,
+            from_number=text(payload.get("from"), _NUMBER_LIMIT) or "",
+            to_number=text(payload.get("to"), _NUMBER_LIMIT) or "",
+            text=storable(body) if isinstance(body := payload.get("text"), str) else None,
             media=parse_media(payload.get("media")),
             carrier_message_id=carrier_id,
             segment_count=integer(payload.get("segmentCount")),
             callback_http_method=row["method"],
-            created_at=now,
+            created_at=row["received_at"],
             updated_at=now,
-            accepted_at=now,
-            final_at=now,
+            accepted_at=row["received_at"],
+            final_at=row["received_at"],
             attempts=0,
             code_mismatch=False,
         ),

@@ -20,8 +20,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
+from .db_setup import lock_for_write
 from .models import CallbackEvent, Message, Rollup, RollupState, utcnow
-from .receive import lock_for_write
 
 BUCKET = timedelta(minutes=5)
 DAY = timedelta(days=1)  # complete days are summed once more, so a month reads ~30 x fewer rows

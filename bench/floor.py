@@ -54,7 +54,7 @@ def _replay(database: Path, statements: list[list[tuple]], synchronous: str):
 
 def measure(pristine: Path, corpus: Path, workdir: Path, count: int = 2000) -> list[dict]:
     """Rows of (path, wall ms, CPU ms per callback) for the relay, raw SQLite and the bare app."""
-    from app import create_app, receive
+    from app import create_app, rawsql
     from app.extensions import db
 
     from .bare_app import app as bare
@@ -81,8 +81,8 @@ def measure(pristine: Path, corpus: Path, workdir: Path, count: int = 2000) -> l
         def __getattr__(self, name):
             return getattr(self._cursor, name)
 
-    plain_execute = receive.Prepared.execute
-    receive.Prepared.execute = lambda self, cursor, params: plain_execute(
+    plain_execute = rawsql.Prepared.execute
+    rawsql.Prepared.execute = lambda self, cursor, params: plain_execute(
         self, Recorder(cursor), params
     )
     # One list of statements per callback; write_transaction opens it with BEGIN IMMEDIATE.
@@ -91,7 +91,7 @@ def measure(pristine: Path, corpus: Path, workdir: Path, count: int = 2000) -> l
     try:
         relay_wall, relay_cpu, bad = _drive(relay, requests, headers)
     finally:
-        receive.Prepared.execute = plain_execute
+        rawsql.Prepared.execute = plain_execute
     with relay.app_context():
         db.engine.dispose()
     n = len(requests)

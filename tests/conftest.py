@@ -35,6 +35,7 @@ def make_config(tmp_path, **overrides):
         "DASHBOARD_PASSWORD": "dash-pass",
         "SECRET_KEY": "test-secret",
         "DISPATCH": "off",
+        "JOURNAL_DIR": str(tmp_path / "journal"),
     }
     config.update(overrides)
     return config
@@ -101,6 +102,14 @@ def app(tmp_path, db_url):
     with app.app_context():
         db.create_all()
     yield app
+    close_app(app)
+
+
+def close_app(app):
+    """Stop the app's callback threads and close its database connections."""
+    from app.ingest import EXTENSION
+
+    app.extensions[EXTENSION].close()
     with app.app_context():
         db.session.remove()
         db.engine.dispose()

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import bindparam, insert, select
 
-from app import receive
+from app import rawsql, receive
 from app.db_setup import write_transaction
 from app.extensions import db
 from app.models import CallbackEvent, Message, utcnow
@@ -27,7 +27,7 @@ def test_prepared_statements_round_trip_types(app):
     with app.app_context():
         engine = db.engine
         with write_transaction(engine) as dbapi:
-            tx = receive.RawTx(dbapi, engine.dialect)
+            tx = rawsql.RawTx(dbapi, engine.dialect)
             update = M.update().where(M.c.id == bindparam("_id"))
             tx.run(
                 update,
@@ -40,7 +40,7 @@ def test_prepared_statements_round_trip_types(app):
                 },
             )
         with write_transaction(engine) as dbapi:
-            tx = receive.RawTx(dbapi, engine.dialect)
+            tx = rawsql.RawTx(dbapi, engine.dialect)
             row = tx.first(
                 select(M.c.final_at, M.c.code_mismatch, M.c.delivery_code, M.c.status).where(
                     M.c.id == bindparam("key")
@@ -59,7 +59,7 @@ def test_prepared_statements_are_compiled_once_per_dialect(app):
     with app.app_context():
         engine = db.engine
         with write_transaction(engine) as dbapi:
-            tx = receive.RawTx(dbapi, engine.dialect)
+            tx = rawsql.RawTx(dbapi, engine.dialect)
             statement = select(M.c.id).where(M.c.id == bindparam("key"))
             first = tx.prepared(statement)
             assert tx.prepared(statement) is first
@@ -71,7 +71,7 @@ def test_prepared_statements_refuse_python_side_defaults(app):
     execution time would silently be missing on the raw path."""
     with app.app_context():
         with pytest.raises(ValueError, match="every value explicitly"):
-            receive.Prepared(insert(M), db.engine.dialect, ("id",))
+            rawsql.Prepared(insert(M), db.engine.dialect, ("id",))
 
 
 def test_write_transaction_rolls_back_when_the_block_raises(app):
@@ -80,7 +80,7 @@ def test_write_transaction_rolls_back_when_the_block_raises(app):
         engine = db.engine
         with pytest.raises(RuntimeError), write_transaction(engine) as dbapi:
             receive.store_event(
-                receive.RawTx(dbapi, engine.dialect),
+                rawsql.RawTx(dbapi, engine.dialect),
                 via="primary",
                 method="POST",
                 raw="{}",
@@ -91,7 +91,7 @@ def test_write_transaction_rolls_back_when_the_block_raises(app):
         # The writers' queue was released: the next transaction commits.
         with write_transaction(engine) as dbapi:
             stored = receive.store_event(
-                receive.RawTx(dbapi, engine.dialect),
+                rawsql.RawTx(dbapi, engine.dialect),
                 via="primary",
                 method="POST",
                 raw="{}",
