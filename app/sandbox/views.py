@@ -90,6 +90,17 @@ def _accept(item: Any) -> tuple[str, list[threading.Event]]:
     return box.message_uri(base_url(), message.id), early
 
 
+def created(location: str) -> Response:
+    """201 with the absolute message URL in Location, an empty body and no Content-Type.
+
+    catapult-v1.md 1: v1 SDKs parse every body labelled ``application/json``, so an empty body
+    labelled JSON crashes them (the python SDK's ``send_message`` raises JSONDecodeError).
+    """
+    response = Response(status=201, headers={"Location": location})
+    del response.headers["Content-Type"]  # werkzeug labels every response text/html otherwise
+    return response
+
+
 @bp.post("/messages")
 def send_messages(user_id: str) -> Response:
     """Send one message (201 + Location) or up to 50 (202 + per-item results in order)."""
@@ -98,8 +109,7 @@ def send_messages(user_id: str) -> Response:
     if isinstance(body, dict):
         location, early = _accept(body)
         box.wait_early(early)
-        # The platform answers 201 with an empty body and the message URL in Location.
-        return Response(status=201, headers={"Location": location}, content_type="application/json")
+        return created(location)
     if not isinstance(body, list):
         raise errors.bad_parameters("expected a message object or an array of message objects")
     if len(body) > MULTI_MESSAGE_LIMIT:
