@@ -134,6 +134,7 @@ def send_messages(user_id: str) -> Response:
 @bp.get("/messages/<message_id>")
 def get_message(user_id: str, message_id: str) -> Response:
     """One message resource, readable right after its 201."""
+    sandbox().read_limiter.take()
     resource = sandbox().store.read(message_id, lambda m: m.resource())
     if resource is None:
         raise errors.message_not_found(message_id)
@@ -143,6 +144,7 @@ def get_message(user_id: str, message_id: str) -> Response:
 @bp.get("/messages")
 def list_messages(user_id: str) -> Response:
     """Filtered list, newest selected first, with ``Link: <...sortKeyLT=...>; rel="next"``."""
+    sandbox().read_limiter.take()
     items, next_url = list_page(sandbox().store, request.args, base_url() + request.path)
     response = jsonify(items)
     if next_url:
