@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench lint clean chromium postgresql
+.PHONY: install test demo bench lint clean chromium postgresql nodejs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP) chromium postgresql
+test: $(STAMP) chromium postgresql nodejs
 	$(BIN)/python -m pytest -q
 
 # The dashboard's browser tests drive Debian's Chromium (browser downloads are not possible).
@@ -41,3 +41,9 @@ postgresql:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq postgresql; \
 	  else echo "PostgreSQL is missing: run 'sudo apt-get install postgresql'"; fi; }
+
+# The contract tests run node-bandwidth (installed from npm by the tests) on Node.js.
+nodejs:
+	@command -v npm >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq nodejs npm; \
+	  else echo "Node.js is missing: run 'sudo apt-get install nodejs npm'"; fi; }

@@ -157,7 +157,7 @@ class CatapultClient:
 
     def _success(self, response, status, headers, text, requests_sent) -> list[SendResult]:
         parsed = _json_or_none(text)
-        if isinstance(parsed, list):
+        if len(requests_sent) > 1 and isinstance(parsed, list):
             return self._batch_items(parsed, status, headers, requests_sent)
         if len(requests_sent) > 1:
             # A 2xx without the per-item array: the messages may well have gone, but we cannot
@@ -172,9 +172,11 @@ class CatapultClient:
                 SendResult("unknown", error=error, request=r, response=trimmed)
                 for r in requests_sent
             ]
-        # A single send is 201 with the id in Location. A 2xx without Location still means the
-        # carrier took it: ``accepted`` without an id; the event tagged with our id brings it.
-        carrier_id = id_from_location(response.headers.get("Location"))
+        # A single send is 201 with the id in Location and an empty body that is not labelled
+        # JSON (catapult-v1.md 1); the body is read whatever its label says, only for an id when
+        # Location is missing. A 2xx without either still means the carrier took it:
+        # ``accepted`` without an id; the event tagged with our id brings it.
+        carrier_id = id_from_location(response.headers.get("Location")) or _id_from_body(parsed)
         trimmed = {"status": status, "headers": headers, "body": text[:_BODY_LIMIT]}
         return [
             SendResult(
@@ -362,6 +364,14 @@ def _json_or_none(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return None
+
+
+def _id_from_body(parsed: Any) -> str | None:
+    """The message id of a JSON object body (``id``, or ``messageId`` as on the resource)."""
+    if not isinstance(parsed, dict):
+        return None
+    value = parsed.get("id") or parsed.get("messageId")
+    return value if isinstance(value, str) and value.strip() else None
 
 
 def _error_body(text: str) -> dict[str, Any]:

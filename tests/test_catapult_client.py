@@ -21,6 +21,7 @@ from app.catapult import (
     client_for,
     id_from_location,
 )
+from app.sandbox.server import SandboxServer
 
 BASE = "http://carrier.test"
 MESSAGES = f"{BASE}/v1/users/u-1/messages"
@@ -110,6 +111,43 @@ def test_single_2xx_without_location_is_accepted_without_id():
     client, _ = fake_client(FakeResponse(201))
     [result] = client.send([msg()])
     assert (result.kind, result.carrier_id) == ("accepted", None)
+
+
+CARRIER_ID = "m-dr4mcch2wfb6frcls677glq"
+# (Content-Type, body) of a 201 to a single send, as each source answered it.
+SINGLE_BODIES = {
+    "platform": (None, ""),  # empty, no content type (catapult-v1.md 1)
+    "old-sandbox": ("application/json", ""),  # empty but labelled JSON
+    "json-body": ("application/json", json.dumps({"id": "m-other", "state": "queued"})),
+    "text": ("text/plain; charset=utf-8", "Created"),
+    "json-array": ("application/json", json.dumps([{"result": "accepted", "location": "m-other"}])),
+}
+
+
+@pytest.mark.parametrize(
+    "location",
+    [f"{MESSAGES}/{CARRIER_ID}", f"/v1/users/u-1/messages/{CARRIER_ID}"],
+    ids=["absolute", "relative"],
+)
+@pytest.mark.parametrize(
+    ("content_type", "text"), list(SINGLE_BODIES.values()), ids=list(SINGLE_BODIES)
+)
+def test_single_send_201_is_accepted_whatever_its_body(location, content_type, text):
+    headers = {"Location": location}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    client, _ = fake_client(FakeResponse(201, headers=headers, text=text))
+    [result] = client.send([msg()])
+    # Location decides, whatever the body says.
+    assert (result.kind, result.carrier_id, result.error) == ("accepted", CARRIER_ID, None)
+    assert result.response["body"] == text
+
+
+@pytest.mark.parametrize("key", ["id", "messageId"])
+def test_single_send_201_with_a_json_body_and_no_location_takes_the_id_from_the_body(key):
+    client, _ = fake_client(FakeResponse(201, {key: CARRIER_ID}))
+    [result] = client.send([msg()])
+    assert (result.kind, result.carrier_id) == ("accepted", CARRIER_ID)
 
 
 def test_stored_request_has_no_credentials():
@@ -640,3 +678,63 @@ def test_client_for_app_is_built_from_settings_once_and_can_be_faked(app):
     fake = object()
     app.extensions["catapult_client"] = fake
     assert client_for(app) is fake
+
+
+# ---------------------------------------------------------------------- against the sandbox
+
+
+@pytest.fixture
+def sandbox_client():
+    """``make(**options)``: a sandbox on loopback and a client of it; all stopped after."""
+    started = []
+
+    def make(**options):
+        sandbox = SandboxServer(scenario="perfect", seed=5, **options).start()
+        session = requests.Session()
+        session.trust_env = False
+        started.append((sandbox, session))
+        client = CatapultClient(
+            sandbox.url, sandbox.user_id, sandbox.token, sandbox.secret, session=session, timeout=5
+        )
+        return sandbox, client
+
+    yield make
+    for sandbox, session in started:
+        session.close()
+        sandbox.stop()
+
+
+def quiet(n: int, **extra) -> dict:
+    """A message without callback URLs (null: absent), so the sandbox calls nobody."""
+    return msg(n, callbackUrl=None, fallbackUrl=None, **extra)
+
+
+def test_sandbox_single_send_read_and_list(sandbox_client):
+    sandbox, client = sandbox_client()
+    [one] = client.send([quiet(0)])
+    assert one.kind == "accepted", one.error
+    assert one.response["headers"]["Location"] == f"{sandbox.messages_url}/{one.carrier_id}"
+    assert "Content-Type" not in one.response["headers"] and one.response["body"] == ""
+    assert sandbox.store.get(one.carrier_id).tag == "rm-0"
+    got = client.get_message(one.carrier_id)
+    assert (got["id"], got["tag"], got["text"]) == (one.carrier_id, "rm-0", "hi 0")
+    batch = client.send([quiet(1), quiet(2, to=""), quiet(3)])
+    assert [r.kind for r in batch] == ["accepted", "rejected", "accepted"]
+    assert batch[1].error["code"] == "blank-property"
+    listed = [m["id"] for m in client.list_messages(size=2)]  # two pages via Link rel="next"
+    assert sorted(listed) == sorted([one.carrier_id, batch[0].carrier_id, batch[2].carrier_id])
+
+
+def test_sandbox_read_errors_are_catapult_errors(sandbox_client):
+    _, client = sandbox_client(reads_per_second=1)
+    with pytest.raises(CatapultError) as missing:
+        client.get_message("m-aaaaaaaaaaaaaaaaaaaaaaa")
+    assert (missing.value.status, missing.value.code) == (404, "message-not-found")
+    with pytest.raises(CatapultError) as limited:
+        client.get_message("m-aaaaaaaaaaaaaaaaaaaaaaa")
+    assert limited.value.status == 429
+    assert (limited.value.category, limited.value.code) == (
+        "too-many-requests",
+        "rate-limit-reached",
+    )
+    assert limited.value.message  # filled in: the platform's 429 body has no message

@@ -72,7 +72,9 @@ def _http_error(exc: HTTPException) -> Response:
         )
     else:
         category, code, message = "bad-request", "bad-request", exc.description or exc.name
-    return error_response(CatapultError(status, category, code, message))
+    # A 405 names the methods the resource takes (RFC 9110 15.5.6); werkzeug knows them.
+    headers = {k: v for k, v in exc.get_headers() if k == "Allow"}
+    return error_response(CatapultError(status, category, code, message, headers=headers))
 
 
 def register_errors(app: Flask) -> None:

@@ -69,6 +69,13 @@ def knob_options(command: Callable[..., Any]) -> Callable[..., Any]:
     default=None,
     help="messages/s per from number (default: --mps)",
 )
+@click.option(
+    "--reads-per-second",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="GET message/list requests per second before 429 rate-limit-reached (0: no limit)",
+)
 @click.option("--user-id", default=DEFAULT_USER_ID, show_default=True)
 @click.option("--token", default=DEFAULT_TOKEN, show_default=True)
 @click.option("--secret", default=DEFAULT_SECRET, show_default=True)

@@ -11,7 +11,7 @@ from typing import Any
 from .callbacks import OrderedScheduler
 from .events import garble, iso_time, message_payload
 from .options import SandboxOptions
-from .ratelimit import RateLimiter
+from .ratelimit import RateLimiter, ReadLimiter
 from .scenarios import PlannedEvent, plan_message
 from .segments import segment_count
 from .store import CallbackLog, MessageStore, StoredMessage, new_message_id
@@ -29,6 +29,7 @@ class Sandbox:
         self.store = MessageStore()
         self.log = CallbackLog()
         self.limiter = RateLimiter(options.mps, options.mps_per_number)
+        self.read_limiter = ReadLimiter(options.reads_per_second)
         self.transport = CallbackTransport()
         self.scheduler = OrderedScheduler(options.workers)
         self._generation = 0  # bumped by reset: jobs of an older generation do nothing
@@ -229,6 +230,7 @@ class Sandbox:
         self.store.reset()
         self.log.reset()
         self.limiter.reset()
+        self.read_limiter.reset()
         return cancelled
 
     def close(self, timeout: float = 15.0) -> None:

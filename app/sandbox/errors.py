@@ -15,11 +15,11 @@ class CatapultError(Exception):
         status: int,
         category: str,
         code: str,
-        message: str,
+        message: str | None,
         details: Iterable[tuple[str, str]] = (),
         headers: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(message or code)
         self.status = status
         self.category = category
         self.code = code
@@ -28,14 +28,13 @@ class CatapultError(Exception):
         self.headers = headers or {}
 
     def body(self, extra_details: Iterable[tuple[str, str]] = ()) -> dict:
-        """The JSON body; ``message`` is always set (the python SDK raises KeyError without it)."""
+        """The JSON body; ``message`` is left out only where the platform leaves it out (429)."""
         details = [*self.details, *extra_details]
-        return {
-            "category": self.category,
-            "code": self.code,
-            "message": self.message,
-            "details": [{"name": name, "value": value} for name, value in details],
-        }
+        body: dict = {"category": self.category, "code": self.code}
+        if self.message is not None:
+            body["message"] = self.message
+        body["details"] = [{"name": name, "value": value} for name, value in details]
+        return body
 
 
 def bad_request(code: str, message: str) -> CatapultError:
@@ -139,4 +138,19 @@ def message_not_found(message_id: str) -> CatapultError:
         "message-not-found",
         f"The message '{message_id}' could not be found",
         details=[("messageId", message_id)],
+    )
+
+
+def rate_limit_reached(reset_ms: int) -> CatapultError:
+    """429 ``too-many-requests`` / ``rate-limit-reached`` on a read endpoint.
+
+    catapult-v1.md 1: ``X-RateLimit-Reset`` is epoch milliseconds and the documented body has
+    no ``message`` key (clients must cope; the python SDK raises KeyError on it).
+    """
+    return CatapultError(
+        429,
+        "too-many-requests",
+        "rate-limit-reached",
+        None,
+        headers={"X-RateLimit-Reset": str(reset_ms)},
     )

@@ -26,6 +26,7 @@ class SandboxOptions:
     seed: int = 0
     mps: float = 0.0  # 0 = no rate limit
     mps_per_number: float | None = None  # None = same as mps
+    reads_per_second: int = 0  # GET message / list per account; over it: 429 (0 = no limit)
     workers: int = 12
     public_url: str | None = None  # base of Location / messageUri; default: the request's host
     early_wait_ms: int = 2000  # how long a send response may wait for its early events
@@ -47,6 +48,8 @@ class SandboxOptions:
             options["seed"] = random.SystemRandom().randrange(2**31)
         if options.get("mps", 0) < 0 or (options.get("mps_per_number") or 0) < 0:
             raise ValueError("mps must not be negative")
+        if options.get("reads_per_second", 0) < 0:
+            raise ValueError("reads_per_second must not be negative")
         if options.get("workers", cls.workers) < 1:
             raise ValueError("workers must be at least 1")
         public_url = options.get("public_url")
@@ -62,6 +65,7 @@ class SandboxOptions:
             "seed": self.seed,
             "mps": self.mps,
             "mpsPerNumber": self.mps if self.mps_per_number is None else self.mps_per_number,
+            "readsPerSecond": self.reads_per_second,
             "workers": self.workers,
             "publicUrl": self.public_url,
             "earlyWaitMs": self.early_wait_ms,

@@ -57,3 +57,44 @@ class RateLimiter:
         with self._lock:
             self._account.clear()
             self._numbers.clear()
+
+
+class ReadLimiter:
+    """Requests per second on the read endpoints over a sliding 1-second window; ``0`` is off.
+
+    catapult-v1.md 1: non-send endpoints answer 429 ``rate-limit-reached`` with
+    ``X-RateLimit-Reset`` in epoch milliseconds (sends get 403 instead, see ``RateLimiter``).
+    """
+
+    WINDOW_SECONDS = 1.0
+
+    def __init__(
+        self,
+        per_second: int,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.per_second = per_second
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._lock = threading.Lock()
+        self._window: deque[float] = deque()
+
+    def take(self) -> None:
+        """Count one read, or raise 429 without counting it."""
+        if self.per_second <= 0:
+            return
+        with self._lock:
+            now = self._clock()
+            while self._window and self._window[0] <= now - self.WINDOW_SECONDS:
+                self._window.popleft()
+            if len(self._window) >= self.per_second:
+                # The window frees a place when its oldest read leaves it.
+                wait = self._window[0] + self.WINDOW_SECONDS - now
+                raise errors.rate_limit_reached(round((self._wall_clock() + wait) * 1000))
+            self._window.append(now)
+
+    def reset(self) -> None:
+        """Forget all counted reads."""
+        with self._lock:
+            self._window.clear()

@@ -90,6 +90,17 @@ def _accept(item: Any) -> tuple[str, list[threading.Event]]:
     return box.message_uri(base_url(), message.id), early
 
 
+def created(location: str) -> Response:
+    """201 with the absolute message URL in Location, an empty body and no Content-Type.
+
+    catapult-v1.md 1: v1 SDKs parse every body labelled ``application/json``, so an empty body
+    labelled JSON crashes them (the python SDK's ``send_message`` raises JSONDecodeError).
+    """
+    response = Response(status=201, headers={"Location": location})
+    del response.headers["Content-Type"]  # werkzeug labels every response text/html otherwise
+    return response
+
+
 @bp.post("/messages")
 def send_messages(user_id: str) -> Response:
     """Send one message (201 + Location) or up to 50 (202 + per-item results in order)."""
@@ -98,8 +109,7 @@ def send_messages(user_id: str) -> Response:
     if isinstance(body, dict):
         location, early = _accept(body)
         box.wait_early(early)
-        # The platform answers 201 with an empty body and the message URL in Location.
-        return Response(status=201, headers={"Location": location}, content_type="application/json")
+        return created(location)
     if not isinstance(body, list):
         raise errors.bad_parameters("expected a message object or an array of message objects")
     if len(body) > MULTI_MESSAGE_LIMIT:
@@ -124,6 +134,7 @@ def send_messages(user_id: str) -> Response:
 @bp.get("/messages/<message_id>")
 def get_message(user_id: str, message_id: str) -> Response:
     """One message resource, readable right after its 201."""
+    sandbox().read_limiter.take()
     resource = sandbox().store.read(message_id, lambda m: m.resource())
     if resource is None:
         raise errors.message_not_found(message_id)
@@ -133,6 +144,7 @@ def get_message(user_id: str, message_id: str) -> Response:
 @bp.get("/messages")
 def list_messages(user_id: str) -> Response:
     """Filtered list, newest selected first, with ``Link: <...sortKeyLT=...>; rel="next"``."""
+    sandbox().read_limiter.take()
     items, next_url = list_page(sandbox().store, request.args, base_url() + request.path)
     response = jsonify(items)
     if next_url:

@@ -23,6 +23,7 @@ def test_command_shape():
     assert sandbox_command.name == "sandbox"
     names = {p.name for p in sandbox_command.params}
     assert {"host", "port", "scenario", "seed", "mps", "user_id", "token", "secret"} <= names
+    assert "reads_per_second" in names
     assert set(KNOB_NAMES) <= names
     defaults = {p.name: p.default for p in sandbox_command.params}
     assert defaults["user_id"] == "u-sandbox"
@@ -30,6 +31,7 @@ def test_command_shape():
     assert defaults["secret"] == "sandbox-secret"
     assert defaults["scenario"] == "realistic"
     assert defaults["mps"] == 0
+    assert defaults["reads_per_second"] == 0
 
 
 def test_help_and_bad_options():

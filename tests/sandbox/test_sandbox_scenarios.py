@@ -81,9 +81,12 @@ def test_presets():
 
 
 def test_config_shows_scenario_seed_and_knobs(make_sandbox, http):
-    sandbox = make_sandbox(scenario="hostile", seed=9, duplicate_share=0.5, mps=3)
+    sandbox = make_sandbox(
+        scenario="hostile", seed=9, duplicate_share=0.5, mps=3, reads_per_second=4
+    )
     config = http.get(f"{sandbox.url}/sandbox/config", timeout=5).json()
     assert config["scenario"] == "hostile" and config["seed"] == 9 and config["mps"] == 3
+    assert config["readsPerSecond"] == 4
     assert config["knobs"]["duplicate_share"] == 0.5
     assert config["knobs"]["reorder_share"] == SCENARIOS["hostile"].reorder_share
     assert "secret" not in config
