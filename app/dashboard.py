@@ -32,9 +32,10 @@ from sqlalchemy import BigInteger, Integer, cast, func, select
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from . import queries, rollups
-from .errors import ApiError
+from .errors import RETRY_AFTER_S, ApiError, database_unavailable, rollback_quietly
 from .extensions import db
 from .ids import id_floor
+from .ingest import EXTENSION as INGEST
 from .models import STATUSES, CallbackEvent, Message, Rollup, utcnow
 from .reconcile import find_message
 
@@ -150,10 +151,27 @@ def html_error(err: HTTPException):
 
 @bp.errorhandler(Exception)
 def html_crash(err: Exception):
-    """An unexpected failure in a dashboard view: logged, and answered as a page."""
+    """An unexpected failure in a dashboard view: logged, and answered as a page; while the
+    database is down, a page that says so (and what happens to callbacks meanwhile)."""
+    if database_unavailable(err):
+        current_app.logger.warning("dashboard: database unavailable: %s", err)
+        rollback_quietly()
+        page = render_template("dashboard/unavailable.html", retry_after=RETRY_AFTER_S)
+        return page, 503, {"Retry-After": str(RETRY_AFTER_S), "Refresh": str(RETRY_AFTER_S)}
     current_app.logger.exception("dashboard failed on %s %s", request.method, request.path)
-    db.session.rollback()
+    rollback_quietly()
     return html_error(InternalServerError())
+
+
+def journal_waiting() -> int:
+    """Callbacks waiting in this host's journal (0 without a look when its marker is absent)."""
+    ingest = current_app.extensions.get(INGEST)
+    if ingest is None or not ingest.journal.active():
+        return 0
+    try:
+        return ingest.journal.depth()[0]
+    except Exception:  # an unreadable journal must not take the page down
+        return 0
 
 
 @bp.context_processor
@@ -168,6 +186,7 @@ def template_helpers() -> dict:
         "windows": WINDOWS,
         "code_meaning": DELIVERY_CODES.get,
         "refresh_seconds": _refresh_seconds(),
+        "journal_waiting": journal_waiting,
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Flask, jsonify, request
+from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
 # HTTP status → Catapult error category (catapult-v1.md §1, "Errors").
@@ -41,6 +42,33 @@ class ApiError(Exception):
             "message": self.message,
             "details": self.details,
         }
+
+
+# Seconds a client should wait before trying again while the database is unavailable.
+RETRY_AFTER_S = 5
+
+
+def database_unavailable(err: BaseException) -> bool:
+    """The database refused or dropped the connection, or did not answer in time: the
+    request did nothing (its transaction rolled back), and it can be tried again later."""
+    if isinstance(err, sa_exc.TimeoutError):  # no pooled connection came free in time
+        return True
+    if isinstance(err, sa_exc.DBAPIError):
+        return err.connection_invalidated or isinstance(
+            err, (sa_exc.OperationalError, sa_exc.InterfaceError)
+        )
+    return False
+
+
+def unavailable_error() -> ApiError:
+    """The API's answer while the database is down (Catapult's ``unavailable`` shape)."""
+    return ApiError(
+        503,
+        "unavailable",
+        "database-unavailable",
+        "The relay's database is not answering; nothing was stored. Try again shortly.",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
 
 
 def request_details() -> list[dict]:
@@ -100,6 +128,12 @@ def register_error_handlers(app: Flask) -> None:
     def handle_unexpected(err: Exception):
         if isinstance(err, HTTPException):
             return handle_http_error(err)
+        if database_unavailable(err):
+            app.logger.warning(
+                "database unavailable on %s %s: %s", request.method, request.path, err
+            )
+            rollback_quietly()
+            return handle_api_error(unavailable_error())
         app.logger.exception("unhandled error on %s %s", request.method, request.path)
         body = {
             "category": "unavailable",
@@ -108,3 +142,13 @@ def register_error_handlers(app: Flask) -> None:
             "details": request_details(),
         }
         return jsonify(body), 500
+
+
+def rollback_quietly() -> None:
+    """Forget the request's failed transaction and its broken connection."""
+    from .extensions import db
+
+    try:
+        db.session.rollback()
+    except Exception:  # the connection is already gone: nothing to roll back
+        pass

@@ -177,6 +177,7 @@ class Ingest:
         self.budget_s = budget_s
         self.db_writer = GroupWriter("relay-callbacks", self._commit_db)
         self.journal_writer = GroupWriter("relay-journal", self._commit_journal)
+        self.prober = GroupWriter("relay-db-probe", self._probe)
         self.replayer = Replayer(
             journal,
             lambda events: apply_resilient(engine, events, dedupe=True),
@@ -231,6 +232,23 @@ class Ingest:
         for pending in batch:
             pending.resolve("journaled")
 
+    def _probe(self, batch: list[Pending]) -> None:
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+        for pending in batch:
+            pending.resolve(True)
+
+    def database_answers(self, timeout: float = 1.0) -> tuple[bool, str | None]:
+        """Whether the database answers a ``SELECT 1`` within ``timeout`` seconds (on a
+        thread of its own, so a server that hangs cannot hold the caller), and why not."""
+        pending = self.prober.submit(None)
+        if not pending.wait(timeout):
+            pending.abandon()
+            return False, f"no answer within {timeout:g} s"
+        if pending.error is not None:
+            return False, type(pending.error).__name__
+        return True, None
+
     def start(self) -> None:
         """Begin replaying the host's journal (a serving process calls this at start, so the
         entries of a process that died are replayed even before traffic arrives)."""
@@ -240,6 +258,7 @@ class Ingest:
         """Finish the callbacks in hand, stop the threads (graceful shutdown)."""
         self.db_writer.stop(timeout)
         self.journal_writer.stop(timeout)
+        self.prober.stop(timeout)
         self.replayer.stop(timeout)
 
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify
-from sqlalchemy import text
+from flask import Blueprint, current_app, jsonify
 
-from .extensions import db
+from .ingest import EXTENSION
 
 bp = Blueprint("ops", __name__)
 
@@ -18,12 +17,30 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    """The database answers: the balancer may send traffic here."""
+    """Callbacks can be stored here: in the database, or else in the journal (``degraded``).
+
+    It answers 503 only when neither can take a callback. A database outage reaches every
+    instance at once, and a balancer that took them all out of rotation would turn a
+    recoverable outage into lost receipts: while the journal takes them, stay in."""
+    ingest = current_app.extensions[EXTENSION]
+    database, reason = ingest.database_answers()
+    journal = ingest.journal
+    writable = journal.writable()
     try:
-        db.session.execute(text("SELECT 1"))
-    except Exception as exc:  # any driver error means "not ready"
-        db.session.rollback()
-        return jsonify(status="unavailable", error=type(exc).__name__), 503
-    finally:
-        db.session.remove()
-    return jsonify(status="ok")
+        depth, oldest = journal.depth()
+    except Exception:  # an unreadable journal is not writable either
+        depth, oldest, writable = None, None, False
+    ready = database or writable
+    body = {
+        "status": "ok" if database and not depth else "degraded" if ready else "unavailable",
+        "degraded": not database or bool(depth),
+        "database": "ok" if database else "unavailable",
+        "journal": {
+            "writable": writable,
+            "depth": depth,
+            "oldestAgeSeconds": None if oldest is None else round(oldest, 3),
+        },
+    }
+    if reason:
+        body["databaseError"] = reason
+    return jsonify(body), 200 if ready else 503

@@ -267,8 +267,16 @@ def test_openapi_document_is_built_from_the_schemas(client):
 
 def test_health_and_readiness(client):
     assert client.get("/healthz").get_json() == {"status": "ok"}
-    assert client.get("/readyz").get_json() == {"status": "ok"}
-    assert b"relay_callbacks_total" in client.get("/metrics").data
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.get_json() == {
+        "status": "ok",
+        "degraded": False,
+        "database": "ok",
+        "journal": {"writable": True, "depth": 0, "oldestAgeSeconds": None},
+    }
+    metrics = client.get("/metrics").data
+    assert b"relay_callbacks_total" in metrics and b"relay_journal_depth 0.0" in metrics
 
 
 def test_a_tag_of_any_length_is_stored_and_found(client, auth):
