@@ -62,6 +62,9 @@ class TempCluster:
             f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.folder} "
             "-c fsync=off -c full_page_writes=off -c max_connections=200"
         )
+        # The same options on every later start (``resume``) as on this one.
+        with open(os.path.join(self.data, "postgresql.conf"), "a") as conf:
+            conf.write("\n" + "\n".join(_conf_lines(options)) + "\n")
         self._run(
             f"{self.bindir}/pg_ctl",
             "-D",
@@ -88,9 +91,36 @@ class TempCluster:
 
     def stop(self) -> None:
         try:
-            self._run(f"{self.bindir}/pg_ctl", "-D", self.data, "-m", "immediate", "stop")
+            if os.path.exists(os.path.join(self.data, "postmaster.pid")):  # not halted
+                self._run(f"{self.bindir}/pg_ctl", "-D", self.data, "-m", "immediate", "stop")
         finally:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+    def halt(self) -> None:
+        """Stop the server as a crash would (``immediate``), keeping its data: an outage."""
+        self._run(f"{self.bindir}/pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
+
+    def resume(self) -> None:
+        """Start the halted server again on the same port (crash recovery included)."""
+        self._run(
+            f"{self.bindir}/pg_ctl",
+            "-D",
+            self.data,
+            "-w",
+            "-l",
+            os.path.join(self.folder, "log"),
+            "start",
+        )
+
+
+def _conf_lines(options: str) -> list[str]:
+    """``-c name=value``/``-p``/``-k`` command-line options as postgresql.conf lines."""
+    words, lines = options.split(), []
+    names = {"-p": "port", "-k": "unix_socket_directories"}
+    for flag, value in zip(words[::2], words[1::2], strict=True):
+        name, _, setting = value.partition("=") if flag == "-c" else (names[flag], "", value)
+        lines.append(f"{name} = '{setting}'")
+    return lines
 
 
 def plain_url(sqlalchemy_url: str) -> str:

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 
 from werkzeug.serving import WSGIRequestHandler, make_server
 
@@ -45,3 +52,137 @@ class ServedApp:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(timeout=10)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def relay_env(database_url: str, journal_dir, **extra) -> dict[str, str]:
+    """The environment of a relay process: every secret given, development mode, no carrier."""
+    from tests.conftest import API_KEY, CALLBACK_PASSWORD, CALLBACK_USER
+
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("GUNICORN_", "CATAPULT_", "DASHBOARD_", "CALLBACK_", "RELAY_"))
+        and k not in ("DATABASE_URL", "API_KEYS", "DISPATCH", "BIND", "PORT", "WEB_CONCURRENCY")
+    }
+    env.update(
+        RELAY_ENV="development",
+        DATABASE_URL=database_url,
+        JOURNAL_DIR=str(journal_dir),
+        CALLBACK_USERNAME=CALLBACK_USER,
+        CALLBACK_PASSWORD=CALLBACK_PASSWORD,
+        API_KEYS=API_KEY,
+        DASHBOARD_USERNAME="dash",
+        DASHBOARD_PASSWORD="dash-pass",
+        SECRET_KEY="test-secret",
+        PUBLIC_BASE_URL="http://127.0.0.1:9",
+        CATAPULT_API_URL="http://127.0.0.1:9",  # discard: nothing listens there
+        CATAPULT_USER_ID="u-test",
+        CATAPULT_API_TOKEN="t-test",
+        CATAPULT_API_SECRET="s-test",
+        DISPATCH="off",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+class Gunicorn:
+    """``gunicorn wsgi:app -c gunicorn.conf.py``, as the README starts it, on a loopback socket
+    the OS picked (handed over as ``BIND=fd://N``), in its own process group."""
+
+    def __init__(self, env: dict[str, str], log_path, workers: int = 2) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        sock.set_inheritable(True)
+        self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.workers_wanted = workers
+        self.log_path = Path(log_path)
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        env = {**env, "BIND": f"fd://{sock.fileno()}", "WEB_CONCURRENCY": str(workers)}
+        self.proc = subprocess.Popen(
+            [str(BIN / "gunicorn"), "wsgi:app", "-c", str(ROOT / "gunicorn.conf.py")],
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            pass_fds=(sock.fileno(),),
+            start_new_session=True,
+        )
+        sock.close()
+
+    def workers(self) -> list[int]:
+        """The worker pids (children of the master)."""
+        try:
+            text = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+        except OSError:
+            return []
+        return [int(p) for p in text.split()]
+
+    def wait_ready(self, timeout: float = 30.0, workers: int | None = None) -> None:
+        """Until every worker is up and ``/healthz`` answers."""
+        import requests
+
+        wanted = self.workers_wanted if workers is None else workers
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited ({self.proc.returncode}):\n{self.log()}")
+            if len(self.workers()) >= wanted:
+                try:
+                    if requests.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                        time.sleep(0.3)  # the other workers finish their start too
+                        return
+                except requests.RequestException:
+                    pass
+            time.sleep(0.1)
+        raise RuntimeError(f"gunicorn not ready after {timeout:.0f} s:\n{self.log()}")
+
+    def log(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """One SIGTERM to the master (a graceful stop), then wait; returns its exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self.stop()
+
+    def kill(self) -> None:
+        """SIGKILL to the whole process group: master and workers die at once."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=25)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # stragglers of the group
+        except (ProcessLookupError, PermissionError):
+            pass
+        if self.proc.poll() is None:
+            self.proc.wait(timeout=10)
+        self._log.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.stop()

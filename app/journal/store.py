@@ -15,6 +15,7 @@ live callback one ``stat`` to know.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import sqlite3
@@ -72,18 +73,29 @@ class Journal:
             return found
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
+            lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise JournalError(f"cannot open the journal in {self.folder}: {exc}") from exc
+        try:
+            # Opened under the writers' lock: the first processes of a host create the file,
+            # switch it to WAL and add the tables at the same moment.
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
             created = not self.path.exists()
             conn = sqlite3.connect(
                 self.path, isolation_level=None, timeout=30, check_same_thread=False
             )
-            conn.execute("PRAGMA journal_mode=WAL")
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.executescript(SCHEMA)
             if created:
                 _fsync_folder(self.folder)  # the new file's directory entry is durable too
-            lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         except (OSError, sqlite3.Error) as exc:
+            os.close(lock_fd)
             raise JournalError(f"cannot open the journal in {self.folder}: {exc}") from exc
+        finally:
+            with contextlib.suppress(OSError):
+                fcntl.flock(lock_fd, fcntl.LOCK_UN)
         self._local.conn, self._local.pid = (conn, lock_fd), os.getpid()
         return conn, lock_fd
 
