@@ -122,24 +122,18 @@ def register_extensions(app: Flask) -> None:
 
 
 def register_limits(app: Flask) -> None:
-    """Bodies over ``MAX_BODY_BYTES`` are refused (413) before they are read: by their
-    ``Content-Length`` here, and a chunked one once it passes the limit while being read
-    (``MAX_CONTENT_LENGTH``). The callback routes apply their own, smaller limit first."""
-    from .errors import ApiError
+    """Bodies over ``MAX_BODY_BYTES`` are refused (413) before they are read, by their
+    ``Content-Length`` (``errors.read_body`` checks chunked ones as they are read). The
+    callback routes apply their own, smaller limit first."""
+    from .errors import too_large
 
-    app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_BODY_BYTES"]
+    app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_BODY_BYTES"] + 1
 
     @app.before_request
     def refuse_large_bodies():
         limit = app.config["MAX_BODY_BYTES"]
         if (request.content_length or 0) > limit:
-            raise ApiError(
-                413,
-                "bad-request",
-                "request-too-large",
-                f"Request bodies are limited to {limit} bytes.",
-                headers={"Connection": "close"},
-            )
+            raise too_large(limit)
 
 
 def register_blueprints(app: Flask) -> None:

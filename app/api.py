@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from . import messaging, queries
-from .errors import ApiError
+from .errors import ApiError, read_body
 from .extensions import db
 from .metrics import API_MESSAGES
 from .models import CallbackEvent, IdempotencyKey, Message
@@ -70,7 +70,7 @@ def _read_body():
             "unsupported-media-type",
             "Send the message as JSON with 'Content-Type: application/json'.",
         )
-    raw = request.get_data(cache=True)
+    raw = read_body(current_app.config["MAX_BODY_BYTES"])
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:

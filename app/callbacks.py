@@ -15,8 +15,9 @@ import json
 import time
 
 from flask import Blueprint, Response, current_app, request
+from werkzeug.exceptions import ClientDisconnected
 
-from .errors import CATEGORY_BY_STATUS
+from .errors import CATEGORY_BY_STATUS, ApiError, read_body
 from .events import Received
 from .ingest import EXTENSION, IngestUnavailable
 from .metrics import CALLBACKS
@@ -66,6 +67,16 @@ def _error(status: int, code: str, message: str, headers: dict | None = None) ->
     )
 
 
+def _too_large(via: str, limit: int) -> Response:
+    CALLBACKS.labels(via, request.method, "too-large").inc()
+    return _error(
+        413,
+        "request-too-large",
+        f"Callback requests are limited to {limit} bytes.",
+        {"Connection": "close"},  # so that the server does not read the rest of the body
+    )
+
+
 def _receive(via: str) -> Response:
     """Verify → read (bounded) → store or journal → 200; see ``ingest`` for the storing."""
     arrived = time.monotonic()
@@ -74,13 +85,7 @@ def _receive(via: str) -> Response:
     # Before the credentials and before reading anything: a body this large is not a
     # Catapult event (a few KB), and reading it would cost the memory it claims.
     if (request.content_length or 0) > limit or len(request.query_string) > limit:
-        CALLBACKS.labels(via, request.method, "too-large").inc()
-        return _error(
-            413,
-            "request-too-large",
-            f"Callback requests are limited to {limit} bytes.",
-            {"Connection": "close"},  # so the server does not read the rest of the body
-        )
+        return _too_large(via, limit)
     if not _authorized():
         CALLBACKS.labels(via, request.method, "unauthorized").inc()
         return Response(
@@ -93,8 +98,13 @@ def _receive(via: str) -> Response:
     if request.method == "GET":
         raw = request.query_string.decode("utf-8", "replace")
     else:
-        request.max_content_length = limit  # a chunked body stops (413) at the limit too
-        raw = request.get_data(as_text=True)
+        try:
+            raw = read_body(limit).decode("utf-8", "replace")
+        except ApiError:  # chunked, and over the limit once read that far
+            return _too_large(via, limit)
+        except ClientDisconnected:  # nobody is waiting for the answer, and nothing is kept
+            CALLBACKS.labels(via, request.method, "disconnected").inc()
+            raise
     received = Received(
         via=via,
         method=request.method,

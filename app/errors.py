@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask, jsonify, request
 from sqlalchemy import exc as sa_exc
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 # HTTP status → Catapult error category (catapult-v1.md §1, "Errors").
 CATEGORY_BY_STATUS = {
@@ -69,6 +69,35 @@ def unavailable_error() -> ApiError:
         "The relay's database is not answering; nothing was stored. Try again shortly.",
         headers={"Retry-After": str(RETRY_AFTER_S)},
     )
+
+
+def too_large(limit: int) -> ApiError:
+    """413 for a body over ``limit`` bytes; ``Connection: close`` so that the server does not
+    read the rest of it."""
+    return ApiError(
+        413,
+        "bad-request",
+        "request-too-large",
+        f"Request bodies are limited to {limit} bytes.",
+        headers={"Connection": "close"},
+    )
+
+
+def read_body(limit: int) -> bytes:
+    """The request body, refused (413) when over ``limit`` bytes. A body that announced its
+    length was checked before anything was read; a chunked one is read one byte past the
+    limit at most (werkzeug's own limit would cut it short silently)."""
+    if (request.content_length or 0) > limit:
+        raise too_large(limit)
+    request.max_content_length = limit + 1
+    data = request.get_data(cache=True)
+    if len(data) > limit:
+        raise too_large(limit)
+    if request.content_length is not None and len(data) < request.content_length:
+        # The client went away mid-body (the stream ends early instead of failing when a
+        # limit is set): a truncated request is no request.
+        raise ClientDisconnected()
+    return data
 
 
 def request_details() -> list[dict]:
