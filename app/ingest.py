@@ -32,7 +32,7 @@ from .journal import Journal, JournalError, Replayer
 from .metrics import JOURNAL_WRITTEN
 from .models import CallbackEvent, Message
 from .rawsql import RawTx
-from .receive import StoredEvent, store_event
+from .receive import CARRIER_ID_LOCK, StoredEvent, carrier_id_lock_key, store_event
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +44,10 @@ EXTENSION = "relay_ingest"
 JOURNAL_WAIT_S = 5.0
 
 _KEY_STORED = select(E.c.id).where(E.c.request_key == bindparam("key"))
-# PostgreSQL: the messages a batch will update, locked in id order first, so that two batches
-# (or a batch and the dispatcher's record step, which locks in id order too) touching the
-# same messages in different orders wait for each other instead of deadlocking.
+# PostgreSQL: the messages a batch will update, locked in id order first, then the carrier ids
+# it may look up (``receive.lock_carrier_id``), so that two batches (or a batch and the
+# dispatcher's record step, which locks in id order too) touching the same messages in
+# different orders wait for each other instead of deadlocking.
 _LOCK_IN_ORDER = (
     select(M.c.id)
     .where(
@@ -120,16 +121,20 @@ def apply_events(
 
 
 def _lock_in_order(tx: RawTx, payloads: list[Any]) -> None:
-    ids, carrier_ids = set(), set()
+    ids, carrier_ids, untagged = set(), set(), set()
     for payload in payloads:
         columns = event_columns(payload)
-        tag = columns.get("tag")
+        tag, carrier_id = columns.get("tag"), columns.get("carrier_message_id")
         if tag and not is_carrier_id(tag):
             ids.add(tag)
-        if columns.get("carrier_message_id"):
-            carrier_ids.add(columns["carrier_message_id"])
+        elif carrier_id:
+            untagged.add(carrier_id)  # may be parked or be an inbound message: its id lock too
+        if carrier_id:
+            carrier_ids.add(carrier_id)
     if ids or carrier_ids:
         tx.all(_LOCK_IN_ORDER, {"ids": sorted(ids), "carrier_ids": sorted(carrier_ids)})
+    for key in sorted({carrier_id_lock_key(c) for c in untagged}):
+        tx.first(CARRIER_ID_LOCK, {"key": key})
 
 
 def apply_resilient(

@@ -19,9 +19,12 @@ from .db_setup import lock_for_write  # noqa: F401  (re-exported for callers)
 from .events import event_status  # noqa: F401
 from .ids import new_id
 from .models import STATUS_RANK, Message, utcnow
+from .rawsql import RawTx
 from .receive import (  # noqa: F401  (the receive side, re-exported for callers)
     attach_parked,
     attach_parked_sweep,
+    lock_carrier_id,
+    lock_message,
     store_event,
 )
 
@@ -78,6 +81,12 @@ def _exchange(message: Message, request, response, error) -> None:
 def record_accepted(session, message, carrier_id, request=None, response=None, now=None):
     """The carrier took the message: keep its id, then attach any events parked for that id."""
     now = now or utcnow()
+    if carrier_id and message.carrier_message_id is None:
+        # Before the id is written (see ``receive.lock_carrier_id``: an untagged event looking
+        # for this id waits for this transaction, or this one for it; never both ways).
+        tx = RawTx.of(session)
+        lock_message(tx, message.id)
+        lock_carrier_id(tx, carrier_id)
     _exchange(message, request, response, None)
     if message.carrier_message_id is None:
         message.carrier_message_id = carrier_id

@@ -14,11 +14,12 @@ every path applies events the same way.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, exists, insert, select, update
+from sqlalchemy import BigInteger, bindparam, exists, func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
@@ -155,9 +156,49 @@ def _find(tx: RawTx, event: dict):
         row = tx.first(_BY_ID, {"key": tag, **params})
         if row is not None and row.direction == "out":
             return row
-    if event.get("carrier_message_id"):
-        return tx.first(_BY_CARRIER_ID, {"key": event["carrier_message_id"], **params})
-    return None
+    carrier_id = event.get("carrier_message_id")
+    if not carrier_id:
+        return None
+    row = tx.first(_BY_CARRIER_ID, {"key": carrier_id, **params})
+    if row is None and tx.dialect.name == "postgresql":
+        # About to be parked: look once more, under the carrier id's lock, in case a send
+        # response is recording this id right now (``lock_carrier_id``).
+        lock_carrier_id(tx, carrier_id)
+        row = tx.first(_BY_CARRIER_ID, {"key": carrier_id, **params})
+    return row
+
+
+CARRIER_ID_LOCK = select(func.pg_advisory_xact_lock(bindparam("key", type_=BigInteger)))
+
+
+def lock_carrier_id(tx: RawTx, carrier_id: str) -> None:
+    """PostgreSQL: one transaction at a time looks a carrier id up and parks (or stores an
+    inbound message) under it, or writes it onto a message and looks for what was parked
+    under it. Without this, an event looking for an id that a concurrent send response is
+    recording could be parked just after that response looked for parked events (and wait
+    for the sweep). SQLite runs one writer at a time anyway.
+
+    Lock order, on every path: message rows first, then carrier ids (a batch takes its
+    rows and then its ids in sorted order up front, ``ingest``); and an id is locked before
+    it is written onto a message, so that nobody holding the id lock waits for that row."""
+    if tx.dialect.name == "postgresql":
+        tx.first(CARRIER_ID_LOCK, {"key": carrier_id_lock_key(carrier_id)})
+
+
+def carrier_id_lock_key(carrier_id: str) -> int:
+    """The advisory-lock key of a carrier id (a signed 64-bit hash)."""
+    digest = hashlib.blake2b(carrier_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") - (1 << 63)
+
+
+_LOCK_MESSAGE = select(M.c.id).where(M.c.id == bindparam("key")).with_for_update()
+
+
+def lock_message(tx: RawTx, message_id: str) -> None:
+    """PostgreSQL: the message's row, locked until the transaction ends (before any carrier
+    id lock, see ``lock_carrier_id``)."""
+    if tx.dialect.name == "postgresql":
+        tx.first(_LOCK_MESSAGE, {"key": message_id})
 
 
 def _insert_event(tx: RawTx, row: dict) -> int:
@@ -279,6 +320,7 @@ def _apply(tx: RawTx, message, row: dict, payload: dict, now) -> Decision:
     changes = message_changes(message, row, payload, decision, now) if decision.applied else {}
     if message.carrier_message_id is None and row.get("carrier_message_id"):
         # A tagged event beat the send's response: its messageId is the carrier id.
+        lock_carrier_id(tx, row["carrier_message_id"])
         taken = tx.first(_ID_BY_CARRIER_ID, {"key": row["carrier_message_id"]})
         if taken is None:
             changes["carrier_message_id"] = row["carrier_message_id"]
@@ -292,6 +334,7 @@ def _store_inbound(tx: RawTx, row: dict, payload: dict, now) -> Decision:
     """An inbound message (direction ``in``): stored once, as ``status: received``."""
     carrier_id = row.get("carrier_message_id")
     if carrier_id:
+        lock_carrier_id(tx, carrier_id)  # primary and fallback may bring it at the same time
         known = tx.first(_ID_BY_CARRIER_ID, {"key": carrier_id})
         if known is not None:
             row["message_id"] = known.id
@@ -332,6 +375,8 @@ def attach_parked(session: Session, message_id: str, carrier_id: str | None, now
         return 0
     conn = session.connection()
     tx = RawTx.of(session)
+    lock_message(tx, message_id)
+    lock_carrier_id(tx, carrier_id)
     parked = conn.execute(
         select(
             E.c.id,

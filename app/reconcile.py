@@ -16,12 +16,14 @@ from .models import Message, utcnow
 log = logging.getLogger(__name__)
 
 
-def find_message(session: Session, message_id: str) -> Message:
-    """A message by relay id or carrier id ``m-...``; 404 in Catapult's shape otherwise."""
+def find_message(session: Session, message_id: str, for_update: bool = False) -> Message:
+    """A message by relay id or carrier id ``m-...``; 404 in Catapult's shape otherwise.
+    ``for_update``: locked until the transaction ends (PostgreSQL), for deciding on it."""
     if is_carrier_id(message_id):
-        message = session.scalar(select(Message).where(Message.carrier_message_id == message_id))
+        stmt = select(Message).where(Message.carrier_message_id == message_id)
+        message = session.scalar(stmt.with_for_update() if for_update else stmt)
     else:
-        message = session.get(Message, message_id)
+        message = session.get(Message, message_id, with_for_update=for_update)
     if message is None:
         raise ApiError(
             404,
@@ -57,7 +59,7 @@ def reconcile(session: Session, client, message_id: str) -> Message:
             502, "unavailable", "carrier-error", f"The carrier did not answer: {exc}"
         ) from None
     messaging.lock_for_write(session)
-    message = find_message(session, message_id)
+    message = find_message(session, message_id, for_update=True)
     messaging.record_reconcile(session, message, resource)
     return message
 
@@ -139,7 +141,8 @@ def reconcile_stale(
             resource = None
         with Session(engine) as session:
             messaging.lock_for_write(session)
-            message = session.get(Message, message_id)
+            # Locked (PostgreSQL): a callback may move it while the answer is recorded.
+            message = session.get(Message, message_id, with_for_update=True)
             if resource is not None:
                 carrier = resource.get("id") or resource.get("messageId")
                 if message.carrier_message_id is None and carrier:

@@ -93,13 +93,13 @@ class Replayer:
 
     # ------------------------------------------------------------------ one pass
 
-    def run_once(self, limit: int | None = None) -> int:
+    def run_once(self, limit: int | None = None, wait: bool = False) -> int:
         """Replay until the journal is empty (or ``limit`` entries); returns how many were
-        applied. Does nothing unless the marker says entries wait and this process holds
-        the host's replay lock."""
+        applied. Does nothing unless the marker says entries wait and this thread gets the
+        host's replay lock (``wait``: waits for it, e.g. while another thread replays)."""
         if not self.journal.active():
             return 0
-        with self._replay_lock() as held:
+        with _FlockIfFree(self.journal.folder / "replay.lock", wait) as held:
             if not held:
                 return 0
             done = 0
@@ -128,15 +128,14 @@ class Replayer:
                 log.error("journal entry %s (%s) set aside: %s", entry_id, received.key, error)
         return len(applied)
 
-    def _replay_lock(self):
-        return _FlockIfFree(self.journal.folder / "replay.lock")
-
 
 class _FlockIfFree:
-    """``with`` an exclusive ``flock`` if nobody holds it (as ``held``); never waits."""
+    """``with`` an exclusive ``flock`` if nobody holds it (as ``held``); waits only when
+    ``wait``."""
 
-    def __init__(self, path) -> None:
+    def __init__(self, path, wait: bool = False) -> None:
         self.path = path
+        self.wait = wait
         self.fd: int | None = None
 
     def __enter__(self) -> bool:
@@ -145,7 +144,7 @@ class _FlockIfFree:
         except OSError as exc:
             raise JournalError(f"cannot open {self.path}: {exc}") from exc
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self.fd, fcntl.LOCK_EX if self.wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self.fd)
             self.fd = None

@@ -100,7 +100,9 @@ def test_a_replayer_killed_at_the_worst_moment(app, mode):
     # nothing of it is.
     assert committed == ((30, 30, 30) if mode == "after-commit" else (0, 0, 0))
     replayer = app.extensions[EXTENSION].replayer
-    assert replayer.run_once() == 30  # every entry accounted for (skipped when stored already)
+    assert (
+        replayer.run_once(wait=True) == 30
+    )  # every entry accounted for (skipped when stored already)
     assert _stored(app) == (30, 30, 30)
     assert Journal(app.config["JOURNAL_DIR"]).depth()[0] == 0
 
@@ -120,5 +122,5 @@ def test_a_replayer_killed_at_a_random_moment(app):
     before = _stored(app)
     print(f"stored before the kill: {before[0]} of 5000")
     assert before[0] == before[1]  # never a request stored twice, even by a dying replayer
-    app.extensions[EXTENSION].replayer.run_once()
+    app.extensions[EXTENSION].replayer.run_once(wait=True)
     assert _stored(app) == (5000, 5000, 5000)
