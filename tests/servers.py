@@ -104,7 +104,9 @@ class Gunicorn:
         self.workers_wanted = workers
         self.log_path = Path(log_path)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        env = {**env, "BIND": f"fd://{sock.fileno()}", "WEB_CONCURRENCY": str(workers)}
+        # "{url}" in a value is this relay's own address (PUBLIC_BASE_URL, ...).
+        env = {k: v.replace("{url}", self.url) for k, v in env.items()}
+        env.update(BIND=f"fd://{sock.fileno()}", WEB_CONCURRENCY=str(workers))
         self.proc = subprocess.Popen(
             [str(BIN / "gunicorn"), "wsgi:app", "-c", str(ROOT / "gunicorn.conf.py")],
             cwd=ROOT,
@@ -186,3 +188,32 @@ class Gunicorn:
 
     def __exit__(self, *_exc) -> None:
         self.stop()
+
+
+class Dispatcher:
+    """``flask --app wsgi dispatch`` (the worker role) in its own process group."""
+
+    def __init__(self, env: dict[str, str], log_path) -> None:
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [str(BIN / "flask"), "--app", "wsgi", "dispatch"],
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self._log.close()

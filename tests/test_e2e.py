@@ -22,7 +22,7 @@ from app.extensions import db
 from app.messaging import event_status
 from app.models import CallbackEvent, Message
 from app.sandbox.server import SandboxServer
-from tests.conftest import API_KEY, make_config
+from tests.conftest import API_KEY, close_app, make_config
 from tests.servers import ServedApp
 
 pytestmark = pytest.mark.both_backends
@@ -90,9 +90,7 @@ class Relay:
         self.stop_event.set()
         self.thread.join(timeout=10)
         self.served.stop()
-        with self.app.app_context():
-            db.session.remove()
-            db.engine.dispose()
+        close_app(self.app)
 
 
 def traffic(relay: Relay) -> None:
