@@ -240,7 +240,7 @@ def run(wrk: str, workdir: Path, quick: bool = False, reseed: bool = False, log=
     params = QUICK if quick else Params()
     db, meta = database(workdir, params, reseed, log)
     creds = Credentials()
-    relay = Gunicorn("api-relay", "wsgi:app", relay_env(db, creds), workdir)
+    relay = Gunicorn("api-relay", "wsgi:app", relay_env(db, creds), workdir, mode="config")
     bare = Gunicorn("api-bare", "bench.bare_app:app", base_env(), workdir)
     load = {"threads": params.threads, "connections": params.connections}
     with relay, bare:
@@ -301,8 +301,8 @@ def markdown(result: dict) -> str:
         + f", seeded {meta['seeded_at'][:16]}Z{', cached' if meta.get('cached') else ''}). "
         f"wrk -t{p['threads']} -c{p['connections']} for {p['seconds']:g} s per group after three "
         f"probe requests{f' and {warmup:g} s of warm-up' if (warmup := p['warmup_s']) else ''}, "
-        "random existing ids; gunicorn -w 2 sync. Ratios are against the bare Flask callback "
-        "endpoint under the same loop.",
+        "random existing ids; the relay under its gunicorn.conf.py, the bare app -w 2 sync. "
+        "Ratios are against the bare Flask callback endpoint under the same loop.",
         "",
         "| endpoint | n | p50 ms | p95 ms | p99 ms | max ms | p50 / bare | p99 / bare | "
         "non-2xx | target | |",

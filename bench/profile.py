@@ -26,7 +26,9 @@ from .servers import BIN, ROOT, BenchError, Credentials, stop_all
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
-IN_REQUEST = "handle (gunicorn/workers/sync.py"
+# Samples that count: inside gunicorn's per-connection handler (any worker class), or in the
+# callback writer thread that commits the batches (app/batching.py).
+IN_REQUEST = ("handle (gunicorn/workers/", "_run (app/batching.py")
 
 
 def py_spy() -> str:
@@ -99,11 +101,17 @@ def analyse(raw: Path, top: int = 15) -> dict:
     total = 0
     for entry in raw.read_text().splitlines():
         stack, _, count = entry.rpartition(" ")
-        if IN_REQUEST not in stack or not count.isdigit():
+        if not any(marker in stack for marker in IN_REQUEST) or not count.isdigit():
             continue
         n = int(count)
         frames = _frames(stack)
-        handle = next(i for i, f in enumerate(frames) if f[0].endswith("SyncWorker.handle"))
+        handle = next(
+            i
+            for i, f in enumerate(frames)
+            if f[0].endswith(("Worker.handle", "GroupWriter._run"))
+            or (f[0] == "handle" and "gunicorn/workers/" in f[1])
+            or (f[0] == "_run" and "app/batching.py" in f[1])
+        )
         frames = frames[handle:]  # from gunicorn's per-connection handler inwards
         total += n
         layers[layer(frames)] += n

@@ -106,6 +106,8 @@ def relay_env(
         "CATAPULT_API_TOKEN": "t-bench",
         "CATAPULT_API_SECRET": "s-bench",
         "CATAPULT_MPS": "0",
+        # Beside the database, not in the repository's instance/ folder.
+        "JOURNAL_DIR": str(database.parent / f"journal-{database.stem}"),
         **extra,
     }
 
@@ -191,9 +193,16 @@ def stop_all() -> None:
             print(f"bench: could not stop {process.name}: {exc}", file=sys.stderr)
 
 
+# How a benchmark runs gunicorn: "config" is the relay's own gunicorn.conf.py (as the README
+# starts it); "sync" and "gthread" are explicit flags with the same worker count, timeouts and
+# keep-alive, for the baselines.
+MODES = ("config", "sync", "gthread")
+GTHREAD_THREADS = 16  # the same thread count as gunicorn.conf.py's default
+
+
 class Gunicorn(ManagedProcess):
-    """``gunicorn APP`` with explicit flags (no config file: the same settings for the relay
-    and the bare app) on a loopback socket the OS picked, handed over as ``fd://``."""
+    """``gunicorn APP`` on a loopback socket the OS picked, handed over as ``fd://``: with the
+    project's gunicorn.conf.py (``mode="config"``) or with explicit flags (no config file)."""
 
     def __init__(
         self,
@@ -202,35 +211,51 @@ class Gunicorn(ManagedProcess):
         env: dict[str, str],
         workdir: Path,
         sock: socket.socket | None = None,
+        mode: str = "sync",
     ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown gunicorn mode {mode!r}")
         self.sock = sock or listen_socket()
         self.port = self.sock.getsockname()[1]
+        self.mode = mode
         fd = self.sock.fileno()
-        args = [
-            str(BIN / "gunicorn"),
-            app,
-            "--bind",
-            f"fd://{fd}",
-            "--workers",
-            str(WORKERS),
-            "--worker-class",
-            "sync",
-            "--timeout",
-            "30",
-            "--graceful-timeout",
-            "20",
-            "--keep-alive",
-            "5",
-            "--error-logfile",
-            "-",
-            "--log-level",
-            "warning",
-            "--chdir",
-            str(ROOT),
-        ]
+        args = [str(BIN / "gunicorn"), app]
+        if mode == "config":
+            env = {**env, "BIND": f"fd://{fd}", "WEB_CONCURRENCY": str(WORKERS)}
+            args += ["--config", str(ROOT / "gunicorn.conf.py"), "--log-level", "warning"]
+        else:
+            args += [
+                "--bind",
+                f"fd://{fd}",
+                "--workers",
+                str(WORKERS),
+                "--worker-class",
+                mode,
+                *(["--threads", str(GTHREAD_THREADS)] if mode == "gthread" else []),
+                "--timeout",
+                "30",
+                "--graceful-timeout",
+                "20",
+                "--keep-alive",
+                "5",
+                "--no-control-socket",
+                "--error-logfile",
+                "-",
+                "--log-level",
+                "warning",
+            ]
+        args += ["--chdir", str(ROOT)]
         # cwd is the work folder, so gunicorn does not pick up ./gunicorn.conf.py on its own.
         super().__init__(name, args, env, workdir / f"{name}.log", workdir, pass_fds=(fd,))
         self.sock.close()
+
+    @property
+    def description(self) -> str:
+        """How this server runs, for the tables."""
+        if self.mode == "config":
+            return "gunicorn.conf.py"
+        threads = f" --threads {GTHREAD_THREADS}" if self.mode == "gthread" else ""
+        return f"-w {WORKERS} {self.mode}{threads}"
 
     @property
     def url(self) -> str:
