@@ -9,8 +9,8 @@ from flask.cli import with_appcontext
 
 def register_commands(app: Flask) -> None:
     """Attach the relay's commands to ``app.cli``."""
-    from .dispatcher import dispatch_command
     from .sandbox.cli import sandbox_command
+    from .worker import dispatch_command
 
     app.cli.add_command(dispatch_command)
     app.cli.add_command(sandbox_command)
