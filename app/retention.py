@@ -1,0 +1,239 @@
+"""Retention: delete old callback events and old final messages, in small batches.
+
+What goes: messages in a final status (``FINAL_STATUSES``) whose last change, and every event,
+is older than the cutoff, together with those events; and events that never matched a message
+(parked, unknown ids, unparseable) received before the cutoff. A message short of a final
+status stays, with all its events, however old.
+
+How: a read that takes no lock walks the messages in id order (ids sort by creation, so the
+old ones come first) and picks candidates; then each batch of at most ``batch_size`` rows is
+one short write transaction that checks them again, records them in the rollups and deletes
+them. On SQLite the batch queues for the write lock like a callback does and holds it for a
+few milliseconds; on PostgreSQL the rows are locked with SKIP LOCKED, so a callback that holds
+one is never waited on (the row is left for the next run).
+
+Stats stay right (``rollups.py``): a batch only takes rows that the rollups have already
+counted (created in a covered bucket, last changed before the last pass's horizon), and writes
+what it deletes as ``pruned-*`` rollup rows in the same transaction, which every later
+recompute of the bucket adds back.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, exists, func, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from . import rollups
+from .lease import db_now
+from .models import FINAL_STATUSES, CallbackEvent, Message, RollupState
+
+BATCH_SIZE = 500
+UNITS = {"d": "days", "h": "hours", "m": "minutes"}
+
+
+def parse_age(text: str) -> timedelta:
+    """``30d``, ``12h`` or ``90m`` as a timedelta; ValueError for anything else."""
+    found = re.fullmatch(r"\s*(\d+)\s*([dhm])\s*", text or "")
+    if not found or int(found[1]) == 0:
+        raise ValueError(f"expected a positive age like 30d, 12h or 90m, got {text!r}")
+    return timedelta(**{UNITS[found[2]]: int(found[1])})
+
+
+def database_time(engine: Engine) -> datetime:
+    """Now on the database server's clock (the cutoff must not depend on this host's)."""
+    with Session(engine) as session:
+        return session.scalar(select(db_now(engine.dialect.name)))
+
+
+class Pruner:
+    """One prune run; ``step`` does one batch, until ``done``."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        older_than: timedelta,
+        batch_size: int = BATCH_SIZE,
+        dry_run: bool = False,
+    ) -> None:
+        self.engine = engine
+        self.older_than = older_than
+        self.batch_size = batch_size
+        self.dry_run = dry_run
+        self.postgres = engine.dialect.name != "sqlite"
+        self.cutoff: datetime | None = None
+        self.last_id: str | None = None
+        self.phase = "messages"  # then "events" (the unmatched ones)
+        self.after: str | int | None = None  # the last id the read walked past
+        self.deleted: Counter = Counter()
+        self.scanned = 0
+        self.batches = 0
+        self.done = False
+
+    def summary(self) -> str:
+        verb = "would delete" if self.dry_run else "deleted"
+        return (
+            f"{verb} {self.deleted['messages']:,} messages and {self.deleted['events']:,} "
+            f"events older than {self.cutoff:%Y-%m-%d %H:%M:%S} UTC "
+            f"({self.batches} batches, {self.scanned:,} rows looked at)"
+        )
+
+    def step(self) -> int:
+        """One batch; returns the rows it deleted (0 also when it only walked past rows)."""
+        if self.done:
+            return 0
+        if self.cutoff is None:
+            self._start()
+        if self.phase == "messages":
+            return self._message_step()
+        return self._event_step()
+
+    def _start(self) -> None:
+        self.cutoff = database_time(self.engine) - self.older_than
+        with Session(self.engine) as session:
+            # Ids sort by creation (``ids.py``), so the walk ends at the newest id created
+            # before the cutoff instead of reading the young rows too. Taken from the data, not
+            # from the cutoff: an id is minted on its host's clock.
+            self.last_id = session.scalar(
+                select(func.max(Message.id)).where(Message.created_at < self.cutoff)
+            )
+        if self.last_id is None:
+            self.phase = "events"
+
+    # ------------------------------------------------------------------ messages
+
+    def _message_step(self) -> int:
+        with Session(self.engine) as session:  # a plain read: no write lock
+            stmt = select(Message.id, Message.status, Message.updated_at).where(
+                Message.id <= self.last_id
+            )
+            if self.after is not None:
+                stmt = stmt.where(Message.id > self.after)
+            rows = session.execute(stmt.order_by(Message.id).limit(self.batch_size)).all()
+        if not rows:
+            self.phase, self.after = "events", None
+            return 0
+        self.after = rows[-1].id
+        self.scanned += len(rows)
+        ids = [r.id for r in rows if r.status in FINAL_STATUSES and r.updated_at < self.cutoff]
+        return self._delete_messages(ids) if ids else 0
+
+    def _delete_messages(self, ids: list[str]) -> int:
+        with Session(self.engine) as session:
+            horizon = self._horizon(session)
+            if horizon is None:
+                return 0
+            recent = exists().where(
+                CallbackEvent.message_id == Message.id, CallbackEvent.received_at >= horizon
+            )
+            stmt = select(
+                Message.id, Message.created_at, Message.status, Message.receipt_seconds
+            ).where(
+                Message.id.in_(ids),
+                Message.status.in_(FINAL_STATUSES),
+                Message.updated_at < horizon,
+                Message.created_at < horizon,
+                ~recent,
+            )
+            if self.postgres and not self.dry_run:
+                stmt = stmt.with_for_update(skip_locked=True, of=Message)
+            doomed = session.execute(stmt).all()
+            if not doomed:
+                return 0
+            doomed_ids = [m.id for m in doomed]
+            events = session.execute(
+                select(
+                    CallbackEvent.received_at,
+                    CallbackEvent.via,
+                    CallbackEvent.duplicate,
+                    CallbackEvent.late,
+                    CallbackEvent.unparseable,
+                ).where(CallbackEvent.message_id.in_(doomed_ids))
+            ).all()
+            pruned = rollups.Pruned()
+            for m in doomed:
+                pruned.message(m.created_at, m.status, m.receipt_seconds)
+            for e in events:
+                pruned.event(e.received_at, e.via, e._asdict(), matched=True)
+            self._commit(
+                session,
+                pruned,
+                delete(CallbackEvent).where(CallbackEvent.message_id.in_(doomed_ids)),
+                delete(Message).where(Message.id.in_(doomed_ids)),
+            )
+        self.deleted.update(messages=len(doomed), events=len(events))
+        return len(doomed) + len(events)
+
+    # ------------------------------------------------------------------ unmatched events
+
+    def _event_step(self) -> int:
+        with Session(self.engine) as session:
+            stmt = select(CallbackEvent.id, CallbackEvent.received_at).where(
+                CallbackEvent.message_id.is_(None)
+            )
+            if self.after is not None:
+                stmt = stmt.where(CallbackEvent.id > self.after)
+            rows = session.execute(stmt.order_by(CallbackEvent.id).limit(self.batch_size)).all()
+        if not rows:
+            self.done = True
+            return 0
+        self.after = rows[-1].id
+        self.scanned += len(rows)
+        ids = [r.id for r in rows if r.received_at < self.cutoff]
+        if not ids:
+            return 0
+        with Session(self.engine) as session:
+            horizon = self._horizon(session)
+            if horizon is None:
+                return 0
+            stmt = select(
+                CallbackEvent.id,
+                CallbackEvent.received_at,
+                CallbackEvent.via,
+                CallbackEvent.duplicate,
+                CallbackEvent.late,
+                CallbackEvent.unparseable,
+            ).where(
+                CallbackEvent.id.in_(ids),
+                CallbackEvent.message_id.is_(None),  # attached meanwhile: it stays
+                CallbackEvent.received_at < horizon,
+            )
+            if self.postgres and not self.dry_run:
+                stmt = stmt.with_for_update(skip_locked=True)
+            doomed = session.execute(stmt).all()
+            if not doomed:
+                return 0
+            pruned = rollups.Pruned()
+            for e in doomed:
+                pruned.event(e.received_at, e.via, e._asdict(), matched=False)
+            gone = [e.id for e in doomed]
+            self._commit(session, pruned, delete(CallbackEvent).where(CallbackEvent.id.in_(gone)))
+        self.deleted.update(events=len(doomed))
+        return len(doomed)
+
+    # ------------------------------------------------------------------ shared
+
+    def _horizon(self, session: Session) -> datetime | None:
+        """Start the batch's write transaction; the time before which rows may go: the cutoff,
+        but never past what the rollups have counted (None: no rollups yet, nothing goes)."""
+        if not self.dry_run:
+            rollups.lock(session)
+        state = session.get(RollupState, "main")
+        if state is None:
+            return None
+        return min(self.cutoff, state.covered_until, state.seen - rollups.MARGIN)
+
+    def _commit(self, session: Session, pruned: rollups.Pruned, *statements) -> None:
+        """Record the batch in the rollups and delete it, in the one transaction."""
+        self.batches += 1
+        if self.dry_run:
+            session.rollback()
+            return
+        rollups.add_pruned(session, pruned)
+        for statement in statements:
+            session.execute(statement.execution_options(synchronize_session=False))
+        session.commit()
