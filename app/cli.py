@@ -64,19 +64,23 @@ def _age(_ctx, _param, value: str):
     "--batch-size",
     type=click.IntRange(1, 5000),
     default=None,
-    help="Rows per transaction (default 500).",
+    help="Most messages per transaction (default 500; smaller when a batch is slow).",
 )
 @click.option("--dry-run", is_flag=True, help="Count what would go; delete nothing.")
 @with_appcontext
 def prune_command(older_than, batch_size: int | None, dry_run: bool) -> None:
     """Delete old callback events and old final messages, in small batches (retention)."""
     from .extensions import db
-    from .retention import BATCH_SIZE, Pruner
+    from .retention import BATCH_SIZE, LOCK_TARGET_S, Pruner
 
     # Only rows the rollups have counted can go, so count everything first (a dry run too:
     # it must find what the real run would delete).
     catch_up_rollups()
     pruner = Pruner(db.engine, older_than, batch_size or BATCH_SIZE, dry_run=dry_run)
+    click.echo(
+        f"prune: rollups up to date; batches of at most {pruner.batch_size} messages, each "
+        f"holding the write lock about {LOCK_TARGET_S * 1000:g} ms"
+    )
     next_line = time.monotonic() + PROGRESS_EVERY
     while not pruner.done:
         started = time.monotonic()
