@@ -10,6 +10,7 @@ import threading
 import time
 from datetime import timedelta
 
+import requests
 from prometheus_client import REGISTRY
 from requests.structures import CaseInsensitiveDict
 from sqlalchemy import select, update
@@ -147,6 +148,13 @@ def drain(dispatcher: Dispatcher, clock: Clock | None = None, limit: int = 5000)
 
 def sends(outcome: str) -> float:
     return REGISTRY.get_sample_value("relay_carrier_sends_total", {"outcome": outcome}) or 0.0
+
+
+def refused(_payloads):
+    """A carrier script: the connection is refused (nothing was sent)."""
+    from urllib3.exceptions import MaxRetryError, NewConnectionError
+
+    return requests.ConnectionError(MaxRetryError(None, "/", NewConnectionError(None, "refused")))
 
 
 def lease(app) -> Lease | None:

@@ -25,6 +25,7 @@ from tests.dispatching import (
     load,
     make_dispatcher,
     queue,
+    refused,
     sends,
 )
 
@@ -115,12 +116,6 @@ def rate_limited(_payloads):
             "message": "You can send 1 messages per 1 seconds",
         },
     )
-
-
-def refused(_payloads):
-    from urllib3.exceptions import MaxRetryError, NewConnectionError
-
-    return requests.ConnectionError(MaxRetryError(None, "/", NewConnectionError(None, "refused")))
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from tests.dispatching import (
     load,
     make_dispatcher,
     queue,
+    refused,
 )
 
 pytestmark = pytest.mark.both_backends
@@ -294,3 +295,21 @@ def test_lease_hold_answers(app):
         one.release(db.session)
         assert two.hold(db.session) == "acquired"
         db.session.rollback()
+
+
+@pytest.mark.parametrize("skew", [-HOUR, HOUR])
+def test_what_a_skewed_dispatcher_writes_is_on_the_database_clock(app, skew):
+    accepted, retried = queue(app, 1), queue(app, 1, **{"from": "+15555550199"})
+    dispatcher, carrier = make_dispatcher(app, wall_clock=skewed(skew), max_batch=1)
+    before = utcnow()
+    assert dispatcher.run_once() == 1
+    carrier.script = refused
+    assert dispatcher.run_once() == 1
+    after = utcnow()
+    rows = load(app)
+    slack = timedelta(seconds=0.05)
+    assert before - slack <= rows[accepted[0]].accepted_at <= after + slack
+    assert before - slack <= rows[retried[0]].updated_at <= after + slack
+    # The retry is due after the backoff on the database's clock, not an hour off.
+    due = rows[retried[0]].next_attempt_at
+    assert before + timedelta(seconds=0.5) - slack <= due <= after + timedelta(seconds=1) + slack
