@@ -77,6 +77,7 @@ class Pruner:
         self.last_id: str | None = None
         self.phase = "messages"  # then "events" (the unmatched ones)
         self.after: str | int | None = None  # the last id the read walked past
+        self.pending: list = []  # ids read that look prunable, not yet tried
         self.deleted: Counter = Counter()
         self.scanned = 0
         self.batches = 0
@@ -96,9 +97,16 @@ class Pruner:
             return 0
         if self.cutoff is None:
             self._start()
+        if not self.pending:
+            # A read window of ``batch_size`` rows (no lock), then deletes in adaptive chunks.
+            read = self._read_messages if self.phase == "messages" else self._read_events
+            self.pending = read()
+            if not self.pending:
+                return 0
+        chunk, self.pending = self.pending[: self.size], self.pending[self.size :]
         if self.phase == "messages":
-            return self._message_step()
-        return self._event_step()
+            return self._delete_messages(chunk)
+        return self._delete_events(chunk)
 
     def _start(self) -> None:
         self.cutoff = database_time(self.engine) - self.older_than
@@ -114,21 +122,21 @@ class Pruner:
 
     # ------------------------------------------------------------------ messages
 
-    def _message_step(self) -> int:
+    def _read_messages(self) -> list[str]:
+        """The next window of messages in id order: the ids of those that look prunable."""
         with Session(self.engine) as session:  # a plain read: no write lock
             stmt = select(Message.id, Message.status, Message.updated_at).where(
                 Message.id <= self.last_id
             )
             if self.after is not None:
                 stmt = stmt.where(Message.id > self.after)
-            rows = session.execute(stmt.order_by(Message.id).limit(self.size)).all()
+            rows = session.execute(stmt.order_by(Message.id).limit(self.batch_size)).all()
         if not rows:
             self.phase, self.after = "events", None
-            return 0
+            return []
         self.after = rows[-1].id
         self.scanned += len(rows)
-        ids = [r.id for r in rows if r.status in FINAL_STATUSES and r.updated_at < self.cutoff]
-        return self._delete_messages(ids) if ids else 0
+        return [r.id for r in rows if r.status in FINAL_STATUSES and r.updated_at < self.cutoff]
 
     def _delete_messages(self, ids: list[str]) -> int:
         with Session(self.engine) as session:
@@ -178,22 +186,23 @@ class Pruner:
 
     # ------------------------------------------------------------------ unmatched events
 
-    def _event_step(self) -> int:
+    def _read_events(self) -> list[int]:
+        """The next window of unmatched events in id order: the ids of the old ones."""
         with Session(self.engine) as session:
             stmt = select(CallbackEvent.id, CallbackEvent.received_at).where(
                 CallbackEvent.message_id.is_(None)
             )
             if self.after is not None:
                 stmt = stmt.where(CallbackEvent.id > self.after)
-            rows = session.execute(stmt.order_by(CallbackEvent.id).limit(self.size)).all()
+            rows = session.execute(stmt.order_by(CallbackEvent.id).limit(self.batch_size)).all()
         if not rows:
             self.done = True
-            return 0
+            return []
         self.after = rows[-1].id
         self.scanned += len(rows)
-        ids = [r.id for r in rows if r.received_at < self.cutoff]
-        if not ids:
-            return 0
+        return [r.id for r in rows if r.received_at < self.cutoff]
+
+    def _delete_events(self, ids: list[int]) -> int:
         with Session(self.engine) as session:
             horizon = self._horizon(session)
             if horizon is None:
@@ -241,6 +250,7 @@ class Pruner:
         self.batches += 1
         if self.dry_run:
             session.rollback()
+            self._adapt(time.monotonic() - self._locked_at)
             return
         rollups.add_pruned(session, pruned)
         for statement in statements:
