@@ -206,7 +206,8 @@ class Dispatcher:
         with Session(self.engine) as session:
             covered = rollups.refresh(session, now=self.db_time())
             session.commit()
-        self._rollups_current = covered == 0
+        # Fewer new buckets than a pass may cover: this pass reached the present.
+        self._rollups_current = covered < rollups.MAX_NEW_BUCKETS
         return covered
 
     def prune_old(self) -> int:
