@@ -1,7 +1,7 @@
 """The dispatcher: the one active sender (``lease.py``) claims queued messages oldest first,
 paces them (``pacing.py``), sends up to 50 per carrier request and records every outcome in
-one commit. The lease holder's loop also keeps the stats rollups, asks the carrier about stale
-messages and, with ``RETENTION_DAYS``, prunes old rows once a day.
+one commit. Between sends the lease holder does its housekeeping (``housekeeping.py``): stale
+messages, the stats rollups, retention.
 
 Why nothing is ever sent twice: a message is sent only by the dispatcher whose claim moved it
 ``queued`` → ``sending`` (an atomic, write-locked UPDATE). Nobody claims ``sending`` or
@@ -29,9 +29,10 @@ from flask import Flask
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from . import messaging, reconcile, retention, rollups
+from . import messaging
 from .catapult import CLIENT_EXTENSION, MAX_BATCH, SendResult, build_client, redact_message
 from .extensions import db
+from .housekeeping import Housekeeping
 from .lease import LEASE_POLL, LEASE_TTL, DbLease, default_holder
 from .metrics import SENDS
 from .models import Message, utcnow
@@ -40,9 +41,6 @@ from .pacing import RATE_LIMIT_PAUSE, Pacer
 log = logging.getLogger(__name__)
 
 MAX_HOLDER_SLEEP = 1.0  # the holder must renew well inside LEASE_TTL
-RECONCILE_INTERVAL = 5.0  # seconds between two looks for stale messages
-ROLLUP_INTERVAL = 5.0  # seconds between two passes over the stats rollups
-PRUNE_INTERVAL = 86400.0  # RETENTION_DAYS: one prune run a day, one batch per iteration
 IDLE_POLL = 0.2  # nothing queued: how soon a newly queued message is picked up
 ERROR_PAUSE = 1.0  # after an unexpected error (database down...), before the next iteration
 # Retry backoff: exponential from 1 s, capped at 60 s, "equal jitter" (half fixed, half random).
@@ -109,14 +107,9 @@ class Dispatcher:
         self._dirty = False  # a previous iteration failed between claim and record
         self._last_handled = 0
         self._idle_wait = IDLE_POLL
-        self.reconcile_after_s = float(config.get("RECONCILE_AFTER_S") or 900)
-        days = config.get("RETENTION_DAYS")
-        self.retention = timedelta(days=days) if days else None
-        self._pruner: retention.Pruner | None = None
-        self._rollups_current = False
-        self._next_reconcile = clock()
-        self._next_rollup = clock()
-        self._next_prune = clock()
+        self.housekeeping = Housekeeping(
+            self.engine, self.client, config, clock, default_receipt=self.receipt_requested
+        )
 
     def db_time(self) -> datetime:
         """Now on the database's clock (this host's clock corrected by the measured offset)."""
@@ -145,9 +138,7 @@ class Dispatcher:
             results = self._send([payload for _, _, payload in batch])
             self._record(batch, results)
             self._dirty = False
-        self.reconcile_stale()
-        self.refresh_rollups()
-        self.prune_old()
+        self.housekeeping.run(self.db_time())
         self._last_handled = len(batch)
         return len(batch)
 
@@ -181,52 +172,6 @@ class Dispatcher:
             wait = self._idle_wait
         # The holder must renew well inside LEASE_TTL.
         return min(wait, MAX_HOLDER_SLEEP)
-
-    def reconcile_stale(self) -> int:
-        """Every RECONCILE_INTERVAL, ask the carrier about messages stuck short of a final
-        status (a missed receipt is otherwise lost: the carrier does not resend callbacks)."""
-        now_m = self.clock()
-        if now_m < self._next_reconcile:
-            return 0
-        self._next_reconcile = now_m + RECONCILE_INTERVAL
-        return reconcile.reconcile_stale(
-            self.engine,
-            self.client,
-            after_s=self.reconcile_after_s,
-            default_receipt=self.receipt_requested,
-            now=self.db_time(),
-        )
-
-    def refresh_rollups(self) -> int:
-        """Every ROLLUP_INTERVAL, bring the stats rollups up to date (one short transaction)."""
-        now_m = self.clock()
-        if now_m < self._next_rollup:
-            return 0
-        self._next_rollup = now_m + ROLLUP_INTERVAL
-        with Session(self.engine) as session:
-            covered = rollups.refresh(session, now=self.db_time())
-            session.commit()
-        # Fewer new buckets than a pass may cover: this pass reached the present.
-        self._rollups_current = covered < rollups.MAX_NEW_BUCKETS
-        return covered
-
-    def prune_old(self) -> int:
-        """With RETENTION_DAYS, a prune run once a day, one short batch per iteration so that
-        sending, renewing the lease and the callbacks all go on meanwhile; rows deleted."""
-        if self.retention is None:
-            return 0
-        if self._pruner is None:
-            # Only rows the rollups have counted may go: after a long outage (or on a first
-            # start over old data) the rollups catch up first, so one run reaches everything.
-            if self.clock() < self._next_prune or not self._rollups_current:
-                return 0
-            self._pruner = retention.Pruner(self.engine, self.retention)
-        deleted = self._pruner.step()
-        if self._pruner.done:
-            log.info("retention: %s", self._pruner.summary())
-            self._pruner = None
-            self._next_prune = self.clock() + PRUNE_INTERVAL
-        return deleted
 
     def release(self) -> None:
         """Give the lease up (clean stop) so a standby takes over at once."""

@@ -9,8 +9,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import delete, func, select
 
-from app import dispatcher as dispatcher_module
-from app import messaging, rollups
+from app import messaging, retention, rollups
 from app.config import load_settings
 from app.extensions import db
 from app.models import CallbackEvent, Message, Rollup, RollupState, utcnow
@@ -300,7 +299,7 @@ def test_the_lease_holder_prunes_once_a_day(make_app, monkeypatch):
             super().__init__(*args, **kwargs)
             runs.append(self)
 
-    monkeypatch.setattr(dispatcher_module.retention, "Pruner", Counted)
+    monkeypatch.setattr(retention, "Pruner", Counted)
     app = make_app(RETENTION_DAYS=1, RECONCILE_AFTER_S=10**7)
     seed(app, hours=40)
     clock = Clock()
