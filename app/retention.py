@@ -36,6 +36,9 @@ from .models import FINAL_STATUSES, CallbackEvent, Message, RollupState
 
 BATCH_SIZE = 500  # the most messages (or unmatched events) one batch looks at
 FIRST_BATCH = 10  # where the adaptive size starts (it grows while batches are quick)
+# The smallest batch: part of a batch's time (the commit's fsync) does not shrink with it, so
+# below this a busy machine would only make the run slower, not the lock shorter.
+MIN_BATCH = 5
 # How long one batch may hold the write lock: a callback that arrives meanwhile waits this long
 # at most (SQLite), far inside the 50 ms p99 the callbacks are held to (DESIGN.md).
 LOCK_TARGET_S = 0.010
@@ -267,6 +270,6 @@ class Pruner:
     def _adapt(self, held: float) -> None:
         """Size the next batch so that it holds the write lock about LOCK_TARGET_S."""
         if held > LOCK_TARGET_S:
-            self.size = max(1, int(self.size * LOCK_TARGET_S / held))
+            self.size = max(min(MIN_BATCH, self.batch_size), int(self.size * LOCK_TARGET_S / held))
         elif held < LOCK_TARGET_S / 2:
             self.size = min(self.batch_size, int(self.size * 1.25) + 1)
