@@ -161,6 +161,6 @@ def register_cli(app: Flask) -> None:
 
 
 def register_dispatcher(app: Flask) -> None:
-    from .dispatcher import start_inline_dispatcher
+    from .worker import start_inline_dispatcher
 
     start_inline_dispatcher(app)

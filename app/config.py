@@ -176,6 +176,8 @@ def load_settings(env: dict | None = None, instance_path: str | None = None) -> 
         "SECRET_KEY": secret("SECRET_KEY"),
         # Seconds a message may stay short of a final status before the reconciler asks.
         "RECONCILE_AFTER_S": _int(env, "RECONCILE_AFTER_S", 900, errors, 1),
+        # Days of history kept: the worker role prunes older rows daily (empty: keep all).
+        "RETENTION_DAYS": _int(env, "RETENTION_DAYS", None, errors, 1),
         "CARRIER_TIMEOUT_S": _float(env, "CARRIER_TIMEOUT_S", 15.0, errors),
         # Callbacks the database cannot take wait here, durably: a persistent volume.
         "JOURNAL_DIR": str(Path(env.get("JOURNAL_DIR") or instance / "journal").resolve()),

@@ -87,6 +87,7 @@ def stats(session: Session, since: datetime | None) -> dict:
     within ~5 %), the rest is counted live, exactly."""
     covered = rollups.covered_until(session)
     first = rollups.ceil(since) if since is not None else None
+    pruned_unmatched = 0
     if covered is None or (first is not None and first >= covered):
         statuses, _, events = rollups.counts(session, since, None)
         base = [Message.created_at >= since] if since is not None else []
@@ -103,6 +104,8 @@ def stats(session: Session, since: datetime | None) -> dict:
             statuses, classes, events = statuses + more[0], classes + more[1], events + more[2]
         timed = sum(classes.values())
         p50, p95 = (rollups.percentile(classes, f) for f in (0.50, 0.95))
+        # Unmatched events are counted live, plus those retention deleted from covered buckets.
+        pruned_unmatched = rollups.pruned_unmatched(session, first)
     counts = {status: statuses.get(status, 0) for status in STATUSES}
     finished = counts["delivered"] + counts["not-delivered"] + counts["error"]
     unmatched = (
@@ -113,7 +116,7 @@ def stats(session: Session, since: datetime | None) -> dict:
             )
         )
         or 0
-    )
+    ) + pruned_unmatched
     total_events = events["total"]
     return {
         "since": since.isoformat() if since else None,

@@ -9,6 +9,11 @@ old message moves it from ``sent`` to ``delivered`` in its creation bucket), the
 covered range. Stats read rollups for the covered buckets and count the rest live, so they
 are exact up to one pass (seconds) for old buckets and exact for the recent, uncovered ones.
 Nothing on the callback path writes a rollup.
+
+Retention (``retention.py``) deletes old rows that these counts were made from. So that a later
+recompute of such a bucket (another message in it changed) does not count it lower, each prune
+batch records what it deleted as ``pruned-*`` rows of the bucket, in its own transaction, and a
+recompute adds them to the live counts. Refresh and prune batches are serialized (``lock``).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import math
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from .db_setup import lock_for_write
@@ -34,6 +39,18 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 EVENT_KEYS = ("total", "fallback", "duplicate", "late", "unparseable")
 KINDS = ("status", "receipt", "event")
 DAY_KINDS = tuple(f"day-{kind}" for kind in KINDS)
+PRUNED_KINDS = tuple(f"pruned-{kind}" for kind in KINDS)
+# Any constant: the PostgreSQL advisory lock that serializes rollup passes and prune batches.
+ADVISORY_KEY = 0x72656C6179
+
+
+def lock(session: Session) -> None:
+    """Start the transaction as a writer and, on PostgreSQL (whose writers do not queue on one
+    lock), take the rollups' advisory lock: a pass must not count live rows before a prune
+    batch commits and read that batch's ``pruned-*`` rows after it (counting them twice)."""
+    conn = lock_for_write(session)
+    if conn.dialect.name != "sqlite":
+        conn.execute(select(func.pg_advisory_xact_lock(ADVISORY_KEY)))
 
 
 def floor(when: datetime, size: timedelta = BUCKET) -> datetime:
@@ -91,6 +108,18 @@ def counts(session: Session, lo: datetime | None, hi: datetime | None):
 
 def _recompute(session: Session, bucket: datetime) -> None:
     statuses, classes, events = counts(session, bucket, bucket + BUCKET)
+    # Rows retention deleted from this bucket still count (``unmatched`` is read apart).
+    for kind, key, n in session.execute(
+        select(Rollup.kind, Rollup.key, Rollup.count).where(
+            Rollup.bucket == bucket, Rollup.kind.in_(PRUNED_KINDS)
+        )
+    ):
+        if kind == "pruned-status":
+            statuses[key] += n
+        elif kind == "pruned-receipt":
+            classes[int(key)] += n
+        elif key != "unmatched":
+            events[key] += n
     session.execute(delete(Rollup).where(Rollup.bucket == bucket, Rollup.kind.in_(KINDS)))
     rows = [("status", k, n) for k, n in statuses.items()]
     rows += [("receipt", str(k), n) for k, n in classes.items()]
@@ -124,7 +153,7 @@ def refresh(session: Session, now: datetime | None = None) -> int:
     """One pass: recompute the covered buckets that changed, cover up to MAX_NEW_BUCKETS more.
     Returns how many new buckets it covered (0: up to date); the caller commits."""
     now = now or utcnow()
-    lock_for_write(session)
+    lock(session)
     state = session.get(RollupState, "main")
     if state is None:
         oldest = [
@@ -132,6 +161,10 @@ def refresh(session: Session, now: datetime | None = None) -> int:
             for t in (
                 session.scalar(select(func.min(Message.created_at))),
                 session.scalar(select(func.min(CallbackEvent.received_at))),
+                # Rebuilt after a reset: buckets that only pruned rows remember count too.
+                session.scalar(
+                    select(func.min(Rollup.bucket)).where(Rollup.kind.in_(PRUNED_KINDS))
+                ),
             )
             if t
         ]
@@ -169,6 +202,65 @@ def refresh(session: Session, now: datetime | None = None) -> int:
     state.covered_until = new_covered
     state.seen = now
     return max(0, (end - covered) // BUCKET)
+
+
+class Pruned:
+    """What one prune batch deletes, as rollup rows ``(bucket, pruned-kind, key) -> count``
+    counted exactly as ``counts`` counts live rows."""
+
+    def __init__(self) -> None:
+        self.rows: Counter = Counter()
+
+    def message(self, created_at: datetime, status: str, receipt_seconds: float | None) -> None:
+        bucket = floor(created_at)
+        self.rows[(bucket, "pruned-status", status)] += 1
+        if receipt_seconds is not None:
+            self.rows[(bucket, "pruned-receipt", str(receipt_class(receipt_seconds)))] += 1
+
+    def event(self, received_at: datetime, via: str, flags: dict, matched: bool) -> None:
+        bucket = floor(received_at)
+        if not matched:
+            self.rows[(bucket, "pruned-event", "unmatched")] += 1
+        if via == "reconcile":
+            return  # not a callback: ``counts`` leaves it out too
+        keys = ["total"] + (["fallback"] if via == "fallback" else [])
+        keys += [key for key in ("duplicate", "late", "unparseable") if flags.get(key)]
+        for key in keys:
+            self.rows[(bucket, "pruned-event", key)] += 1
+
+
+def add_pruned(session: Session, pruned: Pruned) -> None:
+    """Add a batch's ``Pruned`` counts to the stored ones (the caller holds ``lock``)."""
+    if not pruned.rows:
+        return
+    buckets = {bucket for bucket, _, _ in pruned.rows}
+    stored = {
+        (bucket, kind, key)
+        for bucket, kind, key in session.execute(
+            select(Rollup.bucket, Rollup.kind, Rollup.key).where(
+                Rollup.bucket.in_(buckets), Rollup.kind.in_(PRUNED_KINDS)
+            )
+        )
+    }
+    new = []
+    for (bucket, kind, key), n in pruned.rows.items():
+        if (bucket, kind, key) in stored:
+            session.execute(
+                update(Rollup)
+                .where(Rollup.bucket == bucket, Rollup.kind == kind, Rollup.key == key)
+                .values(count=Rollup.count + n)
+            )
+        else:
+            new.append({"bucket": bucket, "kind": kind, "key": key, "count": n})
+    if new:
+        session.execute(insert(Rollup), new)
+
+
+def pruned_unmatched(session: Session, lo: datetime | None) -> int:
+    """Unmatched events that retention deleted from the buckets since ``lo``."""
+    where = [Rollup.kind == "pruned-event", Rollup.key == "unmatched"]
+    where += _range(Rollup.bucket, lo, None)
+    return session.scalar(select(func.coalesce(func.sum(Rollup.count), 0)).where(*where)) or 0
 
 
 def covered_until(session: Session) -> datetime | None:

@@ -1,4 +1,4 @@
-"""``python -m bench [ingest|ingest-pg|api|dispatch|all] [--quick]``: run, print markdown.
+"""``python -m bench [ingest|ingest-pg|api|dispatch|prune|all] [--quick]``: run, print markdown.
 
 Results go to ``bench/results/latest.{md,json}`` (``quick.*`` with --quick; a ``-<name>``
 suffix when one benchmark runs alone). Benchmarks report; they never fail on a missed target.
@@ -16,14 +16,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import api_scale, dispatch, ingest, machine
+from . import api_scale, dispatch, ingest, machine, prune
 from .loadgen import ensure_wrk, wrk_version
 from .seed import CACHE
 from .servers import BenchError, stop_all
 
 RESULTS = Path(__file__).resolve().parent / "results"
-NEEDS_WRK = {"ingest", "ingest-pg", "api"}
-BENCHMARKS = ["ingest", "ingest-pg", "api", "dispatch"]
+NEEDS_WRK = {"ingest", "ingest-pg", "api", "prune"}
+BENCHMARKS = ["ingest", "ingest-pg", "api", "dispatch", "prune"]
 
 
 def _log(message: str) -> None:
@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                 results[name] = ingest.run_pg(wrk, workdir, args.quick, log=_log)
             elif name == "api":
                 results[name] = api_scale.run(wrk, workdir, args.quick, args.reseed, log=_log)
+            elif name == "prune":
+                results[name] = prune.run(wrk, workdir, args.quick, log=_log)
             else:
                 results[name] = dispatch.run(workdir, args.quick, log=_log)
     except BenchError as exc:
@@ -116,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         "ingest-pg": ingest.markdown_pg,
         "api": api_scale.markdown,
         "dispatch": dispatch.markdown,
+        "prune": prune.markdown,
     }
     title = "# Relay benchmarks" + (" (quick)" if args.quick else "")
     text = "\n".join(

@@ -562,14 +562,15 @@ def seed_scale(
     seed: int = 3,
     chunk: int = 20_000,
     progress=print,
+    days: int = 30,
 ) -> dict:
-    """``n_messages`` messages over the last 30 days and exactly ``n_events`` callback events:
+    """``n_messages`` messages over the last ``days`` days and exactly ``n_events`` callback events:
     each message's own events (sent, receipt, inbound...), then duplicates and a few events
     that never matched, to reach the total."""
     rng = random.Random(seed)
     ids, pop = Ids(rng), Population(rng)
     end = datetime.now(UTC) - timedelta(seconds=30)
-    times, statuses = plan(n_messages, rng, end)
+    times, statuses = plan(n_messages, rng, end, days)
     base = sum(BASE_EVENTS.get(s, 0) for s in statuses)
     extra_total = n_events - base
     if extra_total < 0:

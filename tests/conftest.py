@@ -116,6 +116,25 @@ def close_app(app):
 
 
 @pytest.fixture
+def make_app(tmp_path, db_url):
+    """More apps on the test's database (each its own engine and pool, like processes)."""
+    apps = []
+
+    def build(**overrides):
+        app = create_app(make_config(tmp_path, DATABASE_URL=db_url, **overrides))
+        with app.app_context():
+            db.create_all()
+        apps.append(app)
+        return app
+
+    yield build
+    for app in apps:
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()
+
+
+@pytest.fixture
 def client(app):
     return app.test_client()
 

@@ -1,183 +1,35 @@
-"""The dispatcher: batching, the carrier payload, outcomes, pacing, the lease, exactly-once."""
+"""The dispatcher: batching, the carrier payload, outcomes, pacing, exactly-once."""
 
 from __future__ import annotations
 
 import collections
-import itertools
 import json
 import random
-import signal
-import threading
-import time
 from datetime import timedelta
 
 import pytest
 import requests
-from prometheus_client import REGISTRY
-from requests.structures import CaseInsensitiveDict
-from sqlalchemy import func, select, update
 
-from app import create_app, messaging
-from app import dispatcher as dispatcher_module
-from app.catapult import CatapultClient
-from app.dispatcher import (
-    LEASE_NAME,
-    LEASE_POLL,
-    LEASE_TTL,
-    Dispatcher,
-    Gcra,
-    start_inline_dispatcher,
-)
+from app import messaging
+from app.dispatcher import Dispatcher
 from app.extensions import db
-from app.models import CallbackEvent, Lease, Message, utcnow
-from tests.conftest import make_config
-
-BASE = "http://carrier.test"
+from app.models import CallbackEvent
+from app.pacing import Gcra
+from tests.dispatching import (
+    BASE,
+    Carrier,
+    Clock,
+    Response,
+    WallClock,
+    advance_db,
+    load,
+    make_dispatcher,
+    queue,
+    refused,
+    sends,
+)
 
 pytestmark = pytest.mark.both_backends
-
-
-class Clock:
-    """A fake monotonic clock."""
-
-    def __init__(self, start: float = 1000.0):
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class WallClock:
-    """A fake wall clock (aware UTC datetimes) for lease expiry and retry times."""
-
-    def __init__(self):
-        self.now = utcnow()
-
-    def __call__(self):
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
-class Response:
-    def __init__(self, status: int, body=None, headers=None, text=None):
-        self.status_code = status
-        self.headers = CaseInsensitiveDict(headers or {})
-        self.text = text if text is not None else ("" if body is None else json.dumps(body))
-
-
-class Carrier:
-    """A fake carrier session: accepts everything unless scripted, records every request."""
-
-    _ids = itertools.count(1)  # shared: carrier ids are unique across fake carriers too
-
-    def __init__(self, clock=None, delay: float = 0.0):
-        self.requests: list[dict] = []
-        self.times: list[float] = []
-        self.script = None  # payloads -> Response or exception
-        self.clock = clock
-        self.delay = delay
-        self._lock = threading.Lock()
-
-    def request(self, method, url, json=None, **kwargs):
-        assert method == "POST" and url == f"{BASE}/v1/users/u-test/messages"
-        assert kwargs["timeout"] and kwargs["auth"] == ("t-test", "s-test")
-        if self.delay:
-            time.sleep(random.uniform(0, self.delay))
-        with self._lock:
-            self.requests.append(json)
-            if self.clock is not None:
-                self.times.append(self.clock())
-            payloads = json if isinstance(json, list) else [json]
-            if self.script is not None:
-                answer = self.script(payloads)
-                if isinstance(answer, BaseException):
-                    raise answer
-                return answer
-            locations = [
-                f"{BASE}/v1/users/u-test/messages/m-{next(self._ids):023d}" for _ in payloads
-            ]
-        if isinstance(json, list):
-            return Response(
-                202,
-                [{"result": "accepted", "location": loc} for loc in locations],
-                {"Content-Type": "application/json"},
-            )
-        return Response(201, headers={"Location": locations[0]})
-
-    @property
-    def sent(self) -> list[dict]:
-        """Every message object the carrier received, in order."""
-        out = []
-        for body in self.requests:
-            out.extend(body if isinstance(body, list) else [body])
-        return out
-
-
-@pytest.fixture
-def make_app(tmp_path, db_url):
-    apps = []
-
-    def build(**overrides):
-        app = create_app(make_config(tmp_path, DATABASE_URL=db_url, **overrides))
-        with app.app_context():
-            db.create_all()
-        apps.append(app)
-        return app
-
-    yield build
-    for app in apps:
-        with app.app_context():
-            db.session.remove()
-            db.engine.dispose()
-
-
-def make_dispatcher(app, carrier=None, **kwargs) -> tuple[Dispatcher, Carrier]:
-    carrier = carrier or Carrier()
-    client = CatapultClient(BASE, "u-test", "t-test", "s-test", session=carrier, timeout=5)
-    return Dispatcher(app, client=client, **kwargs), carrier
-
-
-def queue(app, count: int = 1, **fields) -> list[str]:
-    items = [
-        {"from": "+15555550100", "to": f"+1555556{i:04d}", "text": f"hello {i}", **fields}
-        for i in range(count)
-    ]
-    with app.app_context():
-        ids = [m.id for m in messaging.enqueue(db.session, items)]
-        db.session.commit()
-    return ids
-
-
-def load(app, ids=None) -> dict[str, Message]:
-    with app.app_context():
-        stmt = select(Message)
-        if ids is not None:
-            stmt = stmt.where(Message.id.in_(ids))
-        rows = {m.id: m for m in db.session.scalars(stmt)}
-        db.session.expunge_all()
-        return rows
-
-
-def drain(dispatcher: Dispatcher, clock: Clock | None = None, limit: int = 5000) -> int:
-    """Run iterations until nothing is handled (advancing a fake clock by the loop's delay)."""
-    total = 0
-    for _ in range(limit):
-        handled = dispatcher.run_once()
-        total += handled
-        if clock is not None:
-            clock.advance(max(dispatcher.next_delay(), 1e-4))
-        elif not handled:
-            return total
-    return total
-
-
-def sends(outcome: str) -> float:
-    return REGISTRY.get_sample_value("relay_carrier_sends_total", {"outcome": outcome}) or 0.0
 
 
 # ---------------------------------------------------------------------- batching + payload
@@ -266,12 +118,6 @@ def rate_limited(_payloads):
     )
 
 
-def refused(_payloads):
-    from urllib3.exceptions import MaxRetryError, NewConnectionError
-
-    return requests.ConnectionError(MaxRetryError(None, "/", NewConnectionError(None, "refused")))
-
-
 @pytest.mark.parametrize(
     "script,status,code",
     [
@@ -328,9 +174,9 @@ def test_outcome_classes_map_to_status(app, script, status, code):
         assert message.error["code"] == code and message.error["message"]
         assert message.carrier_message_id is None
     if status == "queued":
-        # Back to the queue, not before the backoff (attempt 1: 0.5..1 s).
-        assert wall.now + timedelta(seconds=0.5) <= message.next_attempt_at
-        assert message.next_attempt_at <= wall.now + timedelta(seconds=1)
+        # Back to the queue, not before the backoff (attempt 1: 0.5..1 s, database time).
+        assert dispatcher.db_time() + timedelta(seconds=0.5) <= message.next_attempt_at
+        assert message.next_attempt_at <= dispatcher.db_time() + timedelta(seconds=1)
     assert message.carrier_request["tag"] == message_id
     if status == "rejected":
         assert message.final_at is not None
@@ -344,7 +190,7 @@ def test_retry_waits_for_backoff_then_sends_again(app):
     dispatcher.run_once()
     carrier.script = None
     assert dispatcher.run_once() == 0  # not before next_attempt_at
-    wall.advance(1.01)
+    advance_db(app, 1.01)
     assert dispatcher.run_once() == 1
     message = load(app)[message_id]
     assert (message.status, message.attempts) == ("accepted", 2)
@@ -361,7 +207,7 @@ def test_retry_honours_retry_after_and_auth_errors_wait_long(app):
     dispatcher.run_once()
     message = load(app)[message_id]
     assert message.status == "queued"
-    assert message.next_attempt_at == wall.now + timedelta(seconds=300)
+    assert message.next_attempt_at == dispatcher.db_time() + timedelta(seconds=300)
 
 
 def test_retry_delay_is_exponential_jittered_capped(app):
@@ -380,9 +226,9 @@ def test_rate_limit_pauses_the_account(app):
     carrier.script = rate_limited
     dispatcher.run_once()
     carrier.script = None
-    assert dispatcher.account.available(clock(), 50) == 0
+    assert dispatcher.pacer.account.available(clock(), 50) == 0
     clock.advance(1.01)
-    assert dispatcher.account.available(clock(), 50) == 50
+    assert dispatcher.pacer.account.available(clock(), 50) == 50
 
 
 def test_unknown_is_never_resent(app):
@@ -393,7 +239,7 @@ def test_unknown_is_never_resent(app):
     dispatcher.run_once()
     carrier.script = None
     for _ in range(3):
-        wall.advance(120)
+        advance_db(app, 120)
         assert dispatcher.run_once() == 0
     assert len(carrier.requests) == 1
     assert load(app)[message_id].status == "unknown"
@@ -550,223 +396,3 @@ def test_gcra_unpaced_and_tolerance():
     bucket.take(0.0, 5)
     assert bucket.available(0.0, 50) == 0
     assert bucket.wait(0.0) == pytest.approx(5 / 99 - 0.05)
-
-
-# ---------------------------------------------------------------------- lease
-
-
-def lease(app) -> Lease | None:
-    with app.app_context():
-        row = db.session.get(Lease, LEASE_NAME)
-        db.session.expunge_all()
-        return row
-
-
-def set_lease_expiry(app, when) -> None:
-    with app.app_context():
-        db.session.execute(update(Lease).values(expires_at=when))
-        db.session.commit()
-
-
-def test_takeover_within_ten_seconds_by_design():
-    assert LEASE_TTL + LEASE_POLL < 10
-
-
-def test_only_the_lease_holder_sends(app):
-    queue(app, 3)
-    wall = WallClock()
-    first, first_carrier = make_dispatcher(app, wall_clock=wall, holder="first")
-    second, second_carrier = make_dispatcher(app, wall_clock=wall, holder="second")
-    assert first.run_once() == 3
-    assert lease(app).holder == "first"
-    queue(app, 2)
-    assert second.run_once() == 0
-    assert not second.holding and second_carrier.requests == []
-    wall.advance(LEASE_TTL - 0.5)  # the holder renews every iteration...
-    assert first.run_once() == 2
-    wall.advance(LEASE_TTL - 0.5)  # ...so at no point has its lease expired
-    queue(app, 1)
-    assert second.run_once() == 0
-    assert second_carrier.requests == [] and len(first_carrier.requests) == 2
-
-
-def test_standby_takes_over_after_expiry_and_settles_the_dead_holders_claims(app):
-    queue(app, 1)
-    wall = WallClock()
-    first, _ = make_dispatcher(app, wall_clock=wall, holder="first")
-    second, second_carrier = make_dispatcher(app, wall_clock=wall, holder="second")
-    assert first.run_once() == 1
-    # The first holder dies mid-request: two rows claimed, sent or not, nobody knows.
-    in_flight = queue(app, 2)
-    waiting = queue(app, 2)
-    with app.app_context():
-        db.session.execute(
-            update(Message)
-            .where(Message.id.in_(in_flight))
-            .values(status="sending", claimed_by="first", attempts=1)
-        )
-        db.session.commit()
-    wall.advance(LEASE_TTL - 0.1)
-    assert second.run_once() == 0  # not expired yet
-    wall.advance(0.2)
-    assert second.run_once() == 2
-    assert second.holding and lease(app).holder == "second"
-    rows = load(app)
-    assert [rows[i].status for i in in_flight] == ["unknown", "unknown"]
-    assert rows[in_flight[0]].error["code"] == "dispatcher-lost"
-    assert [m["tag"] for m in second_carrier.sent] == waiting  # in-flight rows never resent
-    # The old holder comes back: it has lost the lease and sends nothing.
-    queue(app, 1)
-    first_before = first.client.session.requests[:]
-    assert first.run_once() == 0
-    assert not first.holding and first.client.session.requests == first_before
-
-
-def test_holder_that_lost_the_lease_does_not_send(app):
-    queue(app, 1)
-    first, first_carrier = make_dispatcher(app, holder="first")
-    assert first.run_once() == 1
-    with app.app_context():  # someone else holds it now (first was paused past its TTL)
-        db.session.execute(
-            update(Lease).values(holder="other", expires_at=utcnow() + timedelta(seconds=30))
-        )
-        db.session.commit()
-    queue(app, 5)
-    assert first.run_once() == 0
-    assert len(first_carrier.requests) == 1
-    assert not first.holding
-    assert sum(m.status == "queued" for m in load(app).values()) == 5
-
-
-def test_clean_stop_releases_the_lease(app):
-    first, _ = make_dispatcher(app, holder="first")
-    second, _ = make_dispatcher(app, holder="second")
-    stop = threading.Event()
-    stop.set()
-    first.run_once()
-    first.run_forever(stop)  # stops at once and lets go
-    assert not first.holding
-    queue(app, 1)
-    assert second.run_once() == 1
-
-
-def test_lease_row_is_created_once(app):
-    first, _ = make_dispatcher(app, holder="first")
-    second, _ = make_dispatcher(app, holder="second")
-    first.run_once()
-    second.run_once()
-    with app.app_context():
-        assert db.session.scalar(select(func.count()).select_from(Lease)) == 1
-
-
-def test_two_dispatchers_racing_send_each_message_exactly_once(make_app):
-    app_one = make_app()
-    app_two = make_app()  # a second app (its own engine and pool) on the same SQLite file
-    assert app_two.config["DATABASE_URL"] == app_one.config["DATABASE_URL"]
-    ids = queue(app_one, 200)
-    carrier = Carrier(delay=0.004)  # requests outlast the tiny lease: it keeps changing hands
-    one, _ = make_dispatcher(app_one, carrier, holder="one", lease_ttl=0.002, max_batch=5)
-    two, _ = make_dispatcher(app_two, carrier, holder="two", lease_ttl=0.002, max_batch=5)
-    barrier = threading.Barrier(2)
-    handled = collections.Counter()
-    errors: list[BaseException] = []
-
-    def loop(dispatcher: Dispatcher) -> None:
-        deadline = time.monotonic() + 20
-        barrier.wait()
-        try:
-            while time.monotonic() < deadline:
-                n = dispatcher.run_once()
-                handled[dispatcher.holder] += n
-                if not n:
-                    with app_one.app_context():
-                        left = db.session.scalar(
-                            select(func.count())
-                            .select_from(Message)
-                            .where(Message.status == "queued")
-                        )
-                        db.session.remove()
-                    if not left:
-                        return
-                # SQLite's busy handler is not fair: a pause between iterations (as between
-                # processes) lets the other dispatcher win the write lock now and then.
-                time.sleep(random.uniform(0, 0.002))
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=loop, args=(d,)) for d in (one, two)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    assert not errors
-    tags = collections.Counter(m["tag"] for m in carrier.sent)
-    assert set(tags) == set(ids)
-    assert set(tags.values()) == {1}
-    assert handled["one"] > 0 and handled["two"] > 0
-    rows = load(app_one)
-    # A takeover turned in-flight rows unknown; their recorded acceptance then moved them on.
-    assert {m.status for m in rows.values()} == {"accepted"}
-
-
-# ---------------------------------------------------------------------- inline + CLI
-
-
-def test_inline_dispatcher_only_in_serving_processes(app, monkeypatch):
-    assert start_inline_dispatcher(app) is None  # TESTING
-    app.config.update(TESTING=False, DISPATCH="worker")
-    assert start_inline_dispatcher(app) is None
-    app.config["DISPATCH"] = "inline"
-    monkeypatch.setenv("FLASK_RUN_FROM_CLI", "true")
-    monkeypatch.setattr("sys.argv", ["flask", "--app", "wsgi", "db", "upgrade"])
-    assert start_inline_dispatcher(app) is None
-    monkeypatch.setattr("sys.argv", ["flask", "--app", "wsgi", "dispatch"])
-    assert start_inline_dispatcher(app) is None
-    monkeypatch.delenv("FLASK_RUN_FROM_CLI")
-    monkeypatch.delenv("WERKZEUG_RUN_MAIN", raising=False)
-    monkeypatch.delenv("SERVER_SOFTWARE", raising=False)
-    monkeypatch.delitem(__import__("sys").modules, "gunicorn", raising=False)
-    assert start_inline_dispatcher(app) is None  # a plain script
-    monkeypatch.setenv("FLASK_RUN_FROM_CLI", "true")
-    monkeypatch.setattr("sys.argv", ["flask", "--app", "wsgi", "run", "--port", "5000"])
-    assert start_inline_dispatcher(app) is not None
-
-
-def test_inline_thread_starts_lazily_on_first_request(app, monkeypatch):
-    app.config.update(TESTING=False, DISPATCH="inline")
-    monkeypatch.delenv("FLASK_RUN_FROM_CLI", raising=False)
-    monkeypatch.setenv("SERVER_SOFTWARE", "gunicorn/23.0.0")
-    inline = start_inline_dispatcher(app)
-    assert inline is not None and inline.thread is None  # nothing before a fork could happen
-    client = app.test_client()
-    client.get("/healthz")
-    thread = inline.thread
-    assert thread is not None and thread.is_alive() and thread.daemon
-    client.get("/healthz")
-    assert inline.thread is thread  # one per process
-    inline.stop()
-    assert not thread.is_alive()
-
-
-def test_dispatch_command_once(runner):
-    result = runner.invoke(args=["dispatch", "--once"])
-    assert result.exit_code == 0, result.output
-    assert "handled 0" in result.output
-
-
-def test_dispatch_command_stops_gracefully_on_sigterm(runner, monkeypatch):
-    seen = {}
-    real_run_forever = Dispatcher.run_forever
-
-    def run_forever(self, stop_event):
-        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)  # as if SIGTERM arrived
-        seen["stopped"] = stop_event.is_set()
-        real_run_forever(self, stop_event)  # returns at once: the loop sees the stop
-        seen["holding"] = self.holding
-
-    monkeypatch.setattr(dispatcher_module.Dispatcher, "run_forever", run_forever)
-    previous = signal.getsignal(signal.SIGTERM)
-    result = runner.invoke(args=["dispatch"])
-    assert result.exit_code == 0, result.output
-    assert seen == {"stopped": True, "holding": False}
-    assert signal.getsignal(signal.SIGTERM) is previous

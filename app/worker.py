@@ -1,0 +1,109 @@
+"""The worker role: the dispatcher in its own process (``flask --app wsgi dispatch``) or as a
+thread of each serving process (``DISPATCH=inline``); the lease keeps one of them active."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import sys
+import threading
+
+import click
+from flask import Flask, current_app
+from flask.cli import with_appcontext
+
+from .dispatcher import Dispatcher
+
+
+class InlineDispatcher:
+    """A dispatcher thread in a serving process, started lazily on its first request so that
+    no thread exists before gunicorn forks its workers (threads do not survive a fork)."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self.thread: threading.Thread | None = None
+        self.stop_event = threading.Event()
+        self.dispatcher: Dispatcher | None = None
+
+    def ensure_started(self) -> None:
+        """``before_request`` hook: start this process's thread once (cheap after that)."""
+        if self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            # A fresh state per process: after a fork the parent's thread does not exist here.
+            self.stop_event = threading.Event()
+            self.dispatcher = Dispatcher(self.app)
+            self.thread = threading.Thread(
+                target=self.dispatcher.run_forever,
+                args=(self.stop_event,),
+                name="relay-dispatcher",
+                daemon=True,
+            )
+            self.thread.start()
+            self._pid = os.getpid()
+            atexit.register(self.stop)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread: it finishes (and records) an in-flight request, then lets go of
+        the lease so a standby takes over at once."""
+        self.stop_event.set()
+        if self.thread is not None and self._pid == os.getpid():
+            self.thread.join(timeout)
+
+
+def _serving_process() -> bool:
+    """True in a gunicorn worker or under ``flask run``; False in other CLI commands."""
+    if os.environ.get("FLASK_RUN_FROM_CLI"):
+        from . import _cli_command  # the same argv parsing the factory uses
+
+        return _cli_command() == "run"
+    if os.environ.get("WERKZEUG_RUN_MAIN"):
+        return True
+    return "gunicorn" in sys.modules or "gunicorn" in os.environ.get("SERVER_SOFTWARE", "")
+
+
+def start_inline_dispatcher(app: Flask) -> InlineDispatcher | None:
+    """With ``DISPATCH=inline``, run a dispatcher thread in each serving process (the lease
+    keeps one active); never under TESTING and never in CLI commands such as ``db upgrade``."""
+    if app.config.get("TESTING") or app.config.get("DISPATCH") != "inline":
+        return None
+    if not _serving_process():
+        return None
+    inline = InlineDispatcher(app)
+    app.before_request(inline.ensure_started)
+    app.extensions["relay_inline_dispatcher"] = inline
+    return inline
+
+
+@click.command("dispatch")
+@click.option("--once", is_flag=True, help="Run a single iteration and exit.")
+@with_appcontext
+def dispatch_command(once: bool) -> None:
+    """Run the dispatcher in the foreground (the worker role) until SIGTERM or SIGINT."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    dispatcher = Dispatcher(app)
+    if once:
+        handled = dispatcher.run_once()
+        dispatcher.release()
+        click.echo(f"handled {handled}")
+        return
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        if stop.is_set():
+            raise KeyboardInterrupt  # a second signal: stop now, even mid-request
+        click.echo(f"{signal.Signals(signum).name}: finishing the current batch", err=True)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    click.echo(f"dispatcher {dispatcher.holder}: running (Ctrl-C to stop)", err=True)
+    try:
+        dispatcher.run_forever(stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
