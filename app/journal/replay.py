@@ -96,8 +96,10 @@ class Replayer:
     def run_once(self, limit: int | None = None, wait: bool = False) -> int:
         """Replay until the journal is empty (or ``limit`` entries); returns how many were
         applied. Does nothing unless the marker says entries wait and this thread gets the
-        host's replay lock (``wait``: waits for it, e.g. while another thread replays)."""
-        if not self.journal.active():
+        host's replay lock; ``wait``: waits for the lock (another thread may be replaying)
+        and looks at the journal itself (the marker is briefly absent while a replayer that
+        found the journal empty takes it away and looks again)."""
+        if not self.journal.path.exists() or not (wait or self.journal.active()):
             return 0
         with _FlockIfFree(self.journal.folder / "replay.lock", wait) as held:
             if not held:
