@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from . import messaging
 from .catapult import CLIENT_EXTENSION, MAX_BATCH, SendResult, build_client, redact_message
+from .errors import database_unavailable
 from .extensions import db
 from .housekeeping import Housekeeping
 from .lease import LEASE_POLL, LEASE_TTL, DbLease, default_holder
@@ -105,6 +106,7 @@ class Dispatcher:
         )
         self.holding = False
         self._dirty = False  # a previous iteration failed between claim and record
+        self._unrecorded: tuple | None = None  # (batch, carrier results) not recorded yet
         self._last_handled = 0
         self._idle_wait = IDLE_POLL
         self.housekeeping = Housekeeping(
@@ -121,6 +123,12 @@ class Dispatcher:
         """One iteration: renew/acquire the lease, claim, send one request, record; returns the
         number of messages handled (0 when not the holder or nothing is ready)."""
         self._last_handled = 0
+        if self._unrecorded is not None:
+            # The carrier answered a request whose outcome the database could not take: record
+            # it before anything else (raises again while the database stays down).
+            self._record(*self._unrecorded)
+            self._unrecorded = None
+            self._dirty = False
         now_m = self.clock()
         with Session(self.engine) as session:
             try:
@@ -136,7 +144,14 @@ class Dispatcher:
             # below fails, the next iteration turns them into ``unknown`` (they may have gone).
             self._dirty = True
             results = self._send([payload for _, _, payload in batch])
-            self._record(batch, results)
+            try:
+                self._record(batch, results)
+            except Exception as exc:
+                if database_unavailable(exc):
+                    # Kept until the database answers again: these messages went (or were
+                    # refused), and what the carrier said must not be lost to an outage.
+                    self._unrecorded = (batch, results)
+                raise
             self._dirty = False
         self.housekeeping.run(self.db_time())
         self._last_handled = len(batch)
@@ -145,13 +160,25 @@ class Dispatcher:
     def run_forever(self, stop_event: threading.Event) -> None:
         """Loop until ``stop_event`` is set; an in-flight request is finished and recorded."""
         log.info("dispatcher %s started", self.holder)
+        paused = False
         try:
             while not stop_event.is_set():
                 try:
                     self.run_once()
                     delay = self.next_delay()
-                except Exception:
-                    log.exception("dispatcher iteration failed")
+                    if paused:
+                        log.warning("dispatcher %s: the database answers again", self.holder)
+                        paused = False
+                except Exception as exc:
+                    if not database_unavailable(exc):
+                        log.exception("dispatcher iteration failed")
+                    elif not paused:
+                        # Sending, reconciling and the rollups all wait for the database;
+                        # they resume by themselves when it is back.
+                        log.warning(
+                            "dispatcher %s paused: database unavailable (%s)", self.holder, exc
+                        )
+                        paused = True
                     delay = ERROR_PAUSE
                 if delay > 0:
                     if self.sleep is not None:
