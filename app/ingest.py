@@ -252,6 +252,8 @@ class Ingest:
             return False, f"no answer within {timeout:g} s"
         if pending.error is not None:
             return False, type(pending.error).__name__
+        if self.journal.active():
+            self.replayer.wake()  # the balancer's health checks shorten the replay's back-off
         return True, None
 
     def start(self) -> None:

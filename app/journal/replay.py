@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 200  # entries per replay transaction
 INTERVAL = 0.25  # seconds between two looks at the marker while the journal is empty
-BACKOFF_MAX = 5.0  # seconds between tries while the database stays unavailable
+BACKOFF_MAX = 2.0  # seconds between tries while the database stays unavailable
 MAX_ATTEMPTS = 5  # failed applications before an entry is set aside (``dead_entries``)
 
 
@@ -65,6 +65,10 @@ class Replayer:
             self._thread = threading.Thread(target=self._run, name="relay-replay", daemon=True)
             self._thread.start()
             self._pid = os.getpid()
+
+    def wake(self) -> None:
+        """Try now rather than at the end of the back-off (the database answered a probe)."""
+        self._wake.set()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop after the current pass (its transaction commits or rolls back first)."""

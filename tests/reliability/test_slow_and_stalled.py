@@ -63,6 +63,10 @@ def test_a_write_lock_held_past_the_budget_sends_callbacks_to_the_journal(
     assert [a.status for a in first + then] == [200] * 20
     assert all(0.7 < a.seconds < 1.5 for a in first), [a.seconds for a in first]
     assert max(a.seconds for a in then) < 0.5, [a.seconds for a in then]
+    print(
+        f"write lock held: first {max(a.seconds for a in first) * 1000:.0f} ms at most, "
+        f"then {max(a.seconds for a in then) * 1000:.0f} ms at most"
+    )
     assert state["http"] == 200 and state["degraded"] is True and state["database"] == "ok"
     wait_for(lambda: ready(relay.url)["journal"]["depth"] == 0, timeout=30)
     # The first ones were also in the writer's transaction when the lock came free: their
@@ -131,6 +135,7 @@ def test_trickling_clients_do_not_keep_callbacks_from_being_answered(
     relay = start_relay(sqlite_url)
     answers = _answers_while_trickling(relay)
     assert None not in answers and max(answers) < 1.0, answers
+    print(f"trickling: 20/20 answered, slowest {max(answers) * 1000:.0f} ms")
     assert count_events(sqlite_url) == 20  # the trickled requests never completed
 
 
