@@ -39,9 +39,10 @@ def register_config(app: Flask, config: dict | None) -> None:
     app.config.update(
         API_TITLE="Catapult relay",
         API_VERSION="1",
-        OPENAPI_VERSION="3.0.3",
+        OPENAPI_VERSION="3.1.0",
         OPENAPI_URL_PREFIX="/api",
         OPENAPI_JSON_PATH="openapi.json",
+        API_SPEC_OPTIONS={"info": {"description": OPENAPI_DESCRIPTION}},
     )
     if config:
         app.config.update(config)
@@ -90,6 +91,13 @@ def engine_options(url: str) -> dict:
     return {"connect_args": {k: v for k, v in defaults.items() if f"{k}=" not in query}}
 
 
+OPENAPI_DESCRIPTION = (
+    "Send SMS/MMS through Catapult v1 and follow every message to its final state. Errors are "
+    "Catapult's `{category, code, message, details}` everywhere. `/api` takes a bearer API key; "
+    "the callback URLs take the Basic credentials the relay gives the carrier. The browser "
+    "dashboard (`/dashboard`, Basic credentials of its own) is HTML and not described here."
+)
+
 # CLI commands that do not need the relay's secrets: they run with the database URL alone.
 TOLERANT_COMMANDS = {"sandbox", "db", "routes", "shell", "--help", None}
 
@@ -109,6 +117,7 @@ def register_extensions(app: Flask) -> None:
     from .extensions import SessionOnlyWhenSent, api, db, migrate
     from .ingest import init_ingest
     from .metrics import init_metrics
+    from .openapi import Conventions
 
     app.session_interface = SessionOnlyWhenSent()
     db.init_app(app)
@@ -117,7 +126,7 @@ def register_extensions(app: Flask) -> None:
     with app.app_context():
         db_setup.configure_engine(db.engine)
         init_ingest(app, db.engine)
-    api.init_app(app)
+    api.init_app(app, spec_kwargs={"extra_plugins": [Conventions()]})
     init_metrics(app)
 
 
@@ -146,12 +155,13 @@ def register_blueprints(app: Flask) -> None:
     from . import api as api_views
     from . import callbacks, dashboard, ops
     from .extensions import api
+    from .openapi import document_other_routes
 
     api.register_blueprint(api_views.bp)
-    api_views.register_openapi_components(api)
     app.register_blueprint(callbacks.bp)
     app.register_blueprint(dashboard.bp)
     app.register_blueprint(ops.bp)
+    document_other_routes(api.spec, app)
 
 
 def register_errors(app: Flask) -> None:

@@ -20,6 +20,7 @@ from .errors import CATEGORY_BY_STATUS
 from .events import Received
 from .ingest import EXTENSION, IngestUnavailable
 from .metrics import CALLBACKS
+from .security import auth_failed, basic_failure
 
 bp = Blueprint("callbacks", __name__, url_prefix="/callbacks")
 
@@ -83,6 +84,7 @@ def _receive(via: str) -> Response:
         )
     if not _authorized():
         CALLBACKS.labels(via, request.method, "unauthorized").inc()
+        auth_failed("callbacks", basic_failure(request.environ.get("HTTP_AUTHORIZATION", "")))
         return Response(
             _UNAUTHORIZED,
             401,

@@ -38,6 +38,7 @@ from .ids import id_floor
 from .ingest import EXTENSION as INGEST
 from .models import STATUSES, CallbackEvent, Message, Rollup, utcnow
 from .reconcile import find_message
+from .security import auth_failed, basic_failure
 
 bp = Blueprint(
     "dashboard",
@@ -105,6 +106,7 @@ def require_basic_auth():
         # `&`, not `and`: both compares always run, so timing says nothing about which failed.
         if _same(auth.username, user) & _same(auth.password, password):
             return None
+    auth_failed("dashboard", basic_failure(request.headers.get("Authorization", "")))
     return Response(
         "<!doctype html><title>401</title><p>The dashboard needs its username and password.",
         401,

@@ -22,6 +22,11 @@ CATEGORY_BY_STATUS = {
 }
 
 
+# Codes that must not depend on werkzeug's wording: a chunked body over the limit (caught while
+# it is read) is the same error as one whose Content-Length says so (``register_limits``).
+CODE_BY_STATUS = {413: "request-too-large"}
+
+
 class ApiError(Exception):
     """An error answered in Catapult's shape."""
 
@@ -101,8 +106,8 @@ def register_error_handlers(app: Flask) -> None:
             return err
         details = request_details()
         messages = getattr(err, "data", {}).get("messages") if hasattr(err, "data") else None
-        if status == 422 and messages:
-            # Query-string validation (webargs) reports 422; Catapult says 400 validation-error.
+        if status in (400, 422) and messages:
+            # Query-string validation (webargs): Catapult says 400 validation-error.
             status = 400
             for location in messages.values():
                 for name, problems in location.items():
@@ -116,7 +121,7 @@ def register_error_handlers(app: Flask) -> None:
             return jsonify(body), status
         body = {
             "category": CATEGORY_BY_STATUS.get(status, "internal-error"),
-            "code": (err.name or "error").lower().replace(" ", "-"),
+            "code": CODE_BY_STATUS.get(status) or (err.name or "error").lower().replace(" ", "-"),
             "message": err.description or err.name,
             "details": details,
         }

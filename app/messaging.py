@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from .catapult import redact_message
 from .db_setup import lock_for_write  # noqa: F401  (re-exported for callers)
 from .events import event_status  # noqa: F401
 from .ids import new_id
@@ -138,6 +139,9 @@ def record_reconcile(session: Session, message: Message, resource: dict, now=Non
     import json
 
     now = now or utcnow()
+    # The carrier's resource shows the callbackUrl/fallbackUrl it was given, with the callback
+    # credentials in them: those are never stored (the event is shown by the API).
+    resource = redact_message(resource)
     payload = dict(resource)
     payload.setdefault("messageId", resource.get("id"))
     if not payload.get("tag"):

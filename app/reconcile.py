@@ -18,7 +18,9 @@ log = logging.getLogger(__name__)
 
 def find_message(session: Session, message_id: str) -> Message:
     """A message by relay id or carrier id ``m-...``; 404 in Catapult's shape otherwise."""
-    if is_carrier_id(message_id):
+    if "\x00" in message_id:  # no id holds one, and PostgreSQL refuses to compare it
+        message = None
+    elif is_carrier_id(message_id):
         message = session.scalar(select(Message).where(Message.carrier_message_id == message_id))
     else:
         message = session.get(Message, message_id)

@@ -70,10 +70,16 @@ def test_invalid_single_message_is_400_in_catapult_shape(client, auth, app):
     "data,content_type,code,status",
     [
         (b"{broken", "application/json", "invalid-json", 400),
-        (b"from=+1", "application/x-www-form-urlencoded", "unsupported-media-type", 400),
+        (b"from=+1", "application/x-www-form-urlencoded", "unsupported-media-type", 415),
+        (b"{}", "text/plain", "unsupported-media-type", 415),
         (b"", "application/json", "invalid-json", 400),
         (b'"just a string"', "application/json", "validation-error", 400),
+        (b"[" * 100_000 + b"]" * 100_000, "application/json", "invalid-json", 400),
+        (b'{"a": ' * 50_000 + b"1" + b"}" * 50_000, "application/json", "invalid-json", 400),
+        (b"1" * 5000, "application/json", "invalid-json", 400),  # over Python's int digits
+        (b'{"from": "\\u0000"}', "application/json", "validation-error", 400),
     ],
+    ids=["broken", "form", "text", "empty", "string", "deep-array", "deep-object", "digits", "nul"],
 )
 def test_bad_bodies_get_clear_errors(client, auth, app, data, content_type, code, status):
     response = client.post(
