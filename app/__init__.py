@@ -131,24 +131,38 @@ def register_extensions(app: Flask) -> None:
 
 
 def register_limits(app: Flask) -> None:
-    """Bodies over ``MAX_BODY_BYTES`` are refused (413) before they are read: by their
-    ``Content-Length`` here, and a chunked one once it passes the limit while being read
-    (``MAX_CONTENT_LENGTH``). The callback routes apply their own, smaller limit first."""
+    """Bodies over ``MAX_BODY_BYTES`` are refused (413) before they are read, by their
+    ``Content-Length``; the callback routes apply their own, smaller limit first.
+
+    A chunked body has no length to tell: it is read here, up to one byte past its route's
+    limit, and refused when it has that byte. (werkzeug's own ``MAX_CONTENT_LENGTH`` stops a
+    single read at the limit and returns what it has: the body would be cut short silently,
+    stored cut as a callback or read cut as a send.)"""
     from .errors import ApiError
 
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_BODY_BYTES"]
 
+    def too_large(limit: int, what: str = "Request bodies"):
+        return ApiError(
+            413,
+            "bad-request",
+            "request-too-large",
+            f"{what} are limited to {limit} bytes.",
+            headers={"Connection": "close"},
+        )
+
     @app.before_request
     def refuse_large_bodies():
-        limit = app.config["MAX_BODY_BYTES"]
-        if (request.content_length or 0) > limit:
-            raise ApiError(
-                413,
-                "bad-request",
-                "request-too-large",
-                f"Request bodies are limited to {limit} bytes.",
-                headers={"Connection": "close"},
-            )
+        length, limit, what = request.content_length, app.config["MAX_BODY_BYTES"], None
+        if length is not None:
+            if length > limit:
+                raise too_large(limit)
+        elif request.environ.get("wsgi.input_terminated"):  # chunked: no length to tell
+            if request.blueprint == "callbacks":
+                limit, what = app.config["CALLBACK_MAX_BODY_BYTES"], "Callback requests"
+            request.max_content_length = limit + 1
+            if len(request.get_data(cache=True)) > limit:
+                raise too_large(limit, what or "Request bodies")
 
 
 def register_blueprints(app: Flask) -> None:
