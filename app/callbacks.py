@@ -20,7 +20,7 @@ from .errors import CATEGORY_BY_STATUS
 from .events import Received
 from .ingest import EXTENSION, IngestUnavailable
 from .metrics import CALLBACKS
-from .security import auth_failed, basic_failure
+from .security import auth_failed, authorization, basic_failure
 
 bp = Blueprint("callbacks", __name__, url_prefix="/callbacks")
 
@@ -50,7 +50,7 @@ def _authorized() -> bool:
     expected = _basic_header(cfg["CALLBACK_USERNAME"], cfg["CALLBACK_PASSWORD"])
     if hmac.compare_digest(header, expected):
         return True
-    auth = request.authorization
+    auth = authorization()
     if auth is None or auth.type != "basic":
         return False
     user_ok = hmac.compare_digest((auth.username or "").encode(), cfg["CALLBACK_USERNAME"].encode())

@@ -38,7 +38,7 @@ from .ids import id_floor
 from .ingest import EXTENSION as INGEST
 from .models import STATUSES, CallbackEvent, Message, Rollup, utcnow
 from .reconcile import find_message
-from .security import auth_failed, basic_failure
+from .security import auth_failed, authorization, basic_failure
 
 bp = Blueprint(
     "dashboard",
@@ -100,7 +100,7 @@ _URL_CREDENTIALS = re.compile(
 @bp.before_request
 def require_basic_auth():
     """Every dashboard URL (pages and static files) needs the dashboard's Basic credentials."""
-    cfg, auth = current_app.config, request.authorization
+    cfg, auth = current_app.config, authorization()
     user, password = cfg.get("DASHBOARD_USERNAME") or "", cfg.get("DASHBOARD_PASSWORD") or ""
     if auth is not None and auth.type == "basic" and user and password:
         # `&`, not `and`: both compares always run, so timing says nothing about which failed.

@@ -28,6 +28,16 @@ _unlogged = dict.fromkeys(AREAS, 0)
 _lock = threading.Lock()
 
 
+def authorization():
+    """``request.authorization``, or None when the header cannot be read: werkzeug raises
+    ValueError (not its own parse errors) for Basic credentials with non-ASCII characters, which
+    would answer an unauthenticated request 500 instead of 401."""
+    try:
+        return request.authorization
+    except ValueError:
+        return None
+
+
 def scheme_failure(header: str, scheme: str) -> str:
     """``missing``, ``wrong-scheme``, ``empty`` or ``wrong-credentials`` for the Authorization
     header of a refused request (``scheme``: the one its area expects, lower case)."""

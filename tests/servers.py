@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
+import socket
 import threading
 
 from werkzeug.serving import WSGIRequestHandler, make_server
@@ -45,3 +47,29 @@ class ServedApp:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(timeout=10)
+
+
+def raw_request(
+    port: int,
+    method: str,
+    target: bytes,
+    headers: list[tuple[str, bytes]] = (),
+    body: bytes = b"",
+    chunked: bool = False,
+) -> tuple[int, dict[str, str], bytes]:
+    """One request written byte for byte on a fresh connection (no client library to tidy up
+    its header values or URL); returns (status, headers, body) of the answer."""
+    lines = [method.encode() + b" " + target + b" HTTP/1.1", b"Host: 127.0.0.1"]
+    lines += [name.encode() + b": " + value for name, value in headers]
+    if chunked:
+        lines.append(b"Transfer-Encoding: chunked")
+        payload = (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
+    else:
+        lines.append(b"Content-Length: %d" % len(body))
+        payload = body
+    lines.append(b"Connection: close")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"\r\n".join(lines) + b"\r\n\r\n" + payload)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response.status, dict(response.getheaders()), response.read()

@@ -10,9 +10,7 @@ duplicate keys, arrays instead of objects, chunked bodies, bodies over the limit
 from __future__ import annotations
 
 import base64
-import http.client
 import json
-import socket
 from urllib.parse import quote_from_bytes
 
 import pytest
@@ -25,7 +23,7 @@ from app.events import parse_raw
 from app.extensions import db
 from app.models import CallbackEvent
 from tests.conftest import API_KEY, CALLBACK_PASSWORD, CALLBACK_USER, close_app, make_config
-from tests.servers import ServedApp
+from tests.servers import ServedApp, raw_request
 
 pytestmark = pytest.mark.both_backends
 
@@ -150,26 +148,17 @@ def requests_(draw):
 
 
 def send(port: int, request: dict) -> tuple[int, bytes]:
-    """Write the request on a fresh connection, exactly as given; (status, body) of the answer."""
+    """The request on a fresh connection, exactly as given; (status, body) of the answer."""
     target = request["path"].encode() + (b"?" + request["query"] if request["query"] else b"")
-    lines = [request["method"].encode() + b" " + target + b" HTTP/1.1", b"Host: 127.0.0.1"]
-    if request["auth"] is not None:
-        lines.append(b"Authorization: " + request["auth"].encode("latin-1"))
-    if request["content_type"] is not None:
-        lines.append(b"Content-Type: " + request["content_type"].encode("latin-1"))
-    body = request["body"]
-    if request["chunked"]:
-        lines.append(b"Transfer-Encoding: chunked")
-        payload = (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
-    else:
-        lines.append(b"Content-Length: %d" % len(body))
-        payload = body
-    lines.append(b"Connection: close")
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(b"\r\n".join(lines) + b"\r\n\r\n" + payload)
-        response = http.client.HTTPResponse(sock)
-        response.begin()
-        return response.status, response.read()
+    headers = [
+        (name, request[key].encode("latin-1"))
+        for name, key in (("Authorization", "auth"), ("Content-Type", "content_type"))
+        if request[key] is not None
+    ]
+    status, _, body = raw_request(
+        port, request["method"], target, headers, request["body"], request["chunked"]
+    )
+    return status, body
 
 
 @pytest.fixture
