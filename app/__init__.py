@@ -43,6 +43,11 @@ def register_config(app: Flask, config: dict | None) -> None:
         OPENAPI_URL_PREFIX="/api",
         OPENAPI_JSON_PATH="openapi.json",
         API_SPEC_OPTIONS={"info": {"description": OPENAPI_DESCRIPTION}},
+        # The dashboard's session (its CSRF token) is never sent along with another site's
+        # request; the browser resends Basic credentials to any site that asks, so the token
+        # is what stands between a forged form and the reconcile button.
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_HTTPONLY=True,
     )
     if config:
         app.config.update(config)

@@ -97,13 +97,15 @@ def register_error_handlers(app: Flask) -> None:
         body = err.to_dict()
         if not body["details"]:
             body["details"] = request_details()
+        if not _wants_json():
+            return _with_dashboard_headers(jsonify(body), err.status, err.headers)
         return jsonify(body), err.status, err.headers
 
     @app.errorhandler(HTTPException)
     def handle_http_error(err: HTTPException):
         status = err.code or 500
         if not _wants_json():
-            return err
+            return _with_dashboard_headers(err.get_response())
         details = request_details()
         messages = getattr(err, "data", {}).get("messages") if hasattr(err, "data") else None
         if status in (400, 422) and messages:
@@ -147,6 +149,17 @@ def register_error_handlers(app: Flask) -> None:
             "details": request_details(),
         }
         return jsonify(body), 500
+
+
+def _with_dashboard_headers(response, status=None, headers=None):
+    """An error under /dashboard that no dashboard view saw (an unknown URL, a method it does
+    not take, a body over the limit): the dashboard's security headers all the same."""
+    from .dashboard import security_headers
+
+    if status is not None:
+        response.status_code = status
+    response.headers.update(headers or {})
+    return security_headers(response)
 
 
 def rollback_quietly() -> None:
