@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -66,7 +67,13 @@ def browser():
 @pytest.fixture(scope="session")
 def relay(tmp_path_factory):
     """The whole relay on 127.0.0.1, port chosen by the OS, one SQLite file, refresh 1 s."""
-    path = tmp_path_factory.mktemp("relay")
+    with served_relay(tmp_path_factory.mktemp("relay")) as served:
+        yield served
+
+
+@contextmanager
+def served_relay(path: Path):
+    """A relay of its own on a loopback port (refresh 1 s), stopped on leaving."""
     app = create_app(make_config(path, DASHBOARD_REFRESH_SECONDS=1))
     if "dashboard" not in app.blueprints:
         app.register_blueprint(dashboard.bp)
@@ -88,6 +95,7 @@ def relay(tmp_path_factory):
         server.shutdown()
         thread.join(timeout=5)
         server.server_close()
+        app.extensions["relay_ingest"].close()
         with app.app_context():
             db.engine.dispose()
 
