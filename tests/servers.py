@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import socket
 import threading
+from contextlib import contextmanager
 
 from werkzeug.serving import WSGIRequestHandler, make_server
 
@@ -47,6 +48,26 @@ class ServedApp:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(timeout=10)
+
+
+@contextmanager
+def served_relay(config: dict):
+    """The relay built from ``config``, its tables created, served on 127.0.0.1 (port from
+    the OS) until the block ends; yields ``(app, port)``."""
+    from app import create_app
+    from app.extensions import db
+    from tests.conftest import close_app
+
+    server = ServedApp()
+    app = create_app(config)
+    with app.app_context():
+        db.create_all()
+    server.start(app)
+    try:
+        yield app, server.server.server_port
+    finally:
+        server.stop()
+        close_app(app)
 
 
 def raw_request(

@@ -19,7 +19,7 @@ from app import api, callbacks, create_app, dashboard, security
 from app.extensions import db
 from app.models import CallbackEvent, IdempotencyKey, Message
 from tests.conftest import API_KEY, CALLBACK_PASSWORD, CALLBACK_USER, close_app, make_config
-from tests.servers import ServedApp, raw_request
+from tests.servers import raw_request, served_relay
 
 pytestmark = pytest.mark.both_backends
 
@@ -117,16 +117,8 @@ SECRETS = [API_KEY, CALLBACK_PASSWORD, DASH_PASSWORD, "pässwörd", "ключ", 
 
 @pytest.fixture
 def served(tmp_path, db_url):
-    server = ServedApp()
-    app = create_app(make_config(tmp_path, DATABASE_URL=db_url))
-    with app.app_context():
-        db.create_all()
-    server.start(app)
-    try:
-        yield app, server.server.server_port
-    finally:
-        server.stop()
-        close_app(app)
+    with served_relay(make_config(tmp_path, DATABASE_URL=db_url)) as relay:
+        yield relay
 
 
 def stored(app) -> tuple[int, int, int]:

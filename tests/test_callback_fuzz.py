@@ -18,12 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from app import create_app
 from app.events import parse_raw
 from app.extensions import db
 from app.models import CallbackEvent
-from tests.conftest import API_KEY, CALLBACK_PASSWORD, CALLBACK_USER, close_app, make_config
-from tests.servers import ServedApp, raw_request
+from tests.conftest import API_KEY, CALLBACK_PASSWORD, CALLBACK_USER, make_config
+from tests.servers import raw_request, served_relay
 
 pytestmark = pytest.mark.both_backends
 
@@ -163,25 +162,16 @@ def send(port: int, request: dict) -> tuple[int, bytes]:
 
 @pytest.fixture
 def relay(tmp_path, db_url):
-    served = ServedApp()
-    app = create_app(
-        make_config(
-            tmp_path,
-            DATABASE_URL=db_url,
-            CALLBACK_MAX_BODY_BYTES=LIMIT,
-            # Every callback commits before its answer here (none goes to the journal), so the
-            # test can count what was stored as soon as it is answered.
-            CALLBACK_DB_BUDGET_MS=8000,
-        )
+    config = make_config(
+        tmp_path,
+        DATABASE_URL=db_url,
+        CALLBACK_MAX_BODY_BYTES=LIMIT,
+        # Every callback commits before its answer here (none goes to the journal), so the
+        # test can count what was stored as soon as it is answered.
+        CALLBACK_DB_BUDGET_MS=8000,
     )
-    with app.app_context():
-        db.create_all()
-    served.start(app)
-    try:
-        yield app, served.server.server_port
-    finally:
-        served.stop()
-        close_app(app)
+    with served_relay(config) as served:
+        yield served
 
 
 def stored(app) -> list[CallbackEvent]:

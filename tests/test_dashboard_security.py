@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from app import dashboard, messaging
 from app.extensions import db
 from app.models import CallbackEvent, Message, utcnow
-from tests.conftest import basic
+from tests.conftest import basic, insert_message
 
 pytestmark = pytest.mark.both_backends
 
@@ -24,24 +24,7 @@ URL_WITH_CREDENTIALS = "https://cb-user:cb-pass@relay.example/callbacks/catapult
 
 
 def add(app, **fields) -> str:
-    now = utcnow() - timedelta(minutes=10)
-    values = {
-        "direction": "out",
-        "from_number": "+15555550100",
-        "to_number": "+15555550101",
-        "text": "hi",
-        "status": "sent",
-        "created_at": now,
-        "updated_at": now,
-        "attempts": 1,
-        "code_mismatch": False,
-        **fields,
-    }
-    with app.app_context():
-        message = Message(**values)
-        db.session.add(message)
-        db.session.commit()
-        return message.id
+    return insert_message(app, **{"status": "sent", "attempts": 1, **fields})
 
 
 def rows(app) -> tuple[int, int]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import threading
 from contextlib import contextmanager
-from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,8 +19,7 @@ from werkzeug.serving import make_server
 
 from app import create_app, dashboard
 from app.extensions import db
-from app.models import Message, utcnow
-from tests.conftest import CALLBACK_PASSWORD, CALLBACK_USER, make_config
+from tests.conftest import CALLBACK_PASSWORD, CALLBACK_USER, insert_message, make_config
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -102,24 +100,7 @@ def served_relay(path: Path):
 
 def add(app, **fields) -> str:
     """Insert a message (queued, A → B, created a second ago unless told otherwise)."""
-    now = utcnow() - timedelta(seconds=1)
-    values = {
-        "direction": "out",
-        "from_number": "+15555550100",
-        "to_number": "+15555550101",
-        "text": "hello",
-        "status": "queued",
-        "created_at": now,
-        "updated_at": now,
-        "attempts": 0,
-        "code_mismatch": False,
-        **fields,
-    }
-    with app.app_context():
-        message = Message(**values)
-        db.session.add(message)
-        db.session.commit()
-        return message.id
+    return insert_message(app, **fields)
 
 
 def callback(url: str, carrier_id: str, via: str = "primary", **fields) -> None:
