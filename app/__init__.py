@@ -162,7 +162,9 @@ def register_limits(app: Flask) -> None:
         if length is not None:
             if length > limit:
                 raise too_large(limit)
-        elif request.environ.get("wsgi.input_terminated"):  # chunked: no length to tell
+        elif request.environ.get("HTTP_TRANSFER_ENCODING"):  # chunked: no length to tell
+            # (Only then: gunicorn marks every request's input terminated, and a GET callback
+            # without a body must not pay for reading one.)
             if request.blueprint == "callbacks":
                 limit, what = app.config["CALLBACK_MAX_BODY_BYTES"], "Callback requests"
             request.max_content_length = limit + 1
