@@ -39,9 +39,15 @@ def register_config(app: Flask, config: dict | None) -> None:
     app.config.update(
         API_TITLE="Catapult relay",
         API_VERSION="1",
-        OPENAPI_VERSION="3.0.3",
+        OPENAPI_VERSION="3.1.0",
         OPENAPI_URL_PREFIX="/api",
         OPENAPI_JSON_PATH="openapi.json",
+        API_SPEC_OPTIONS={"info": {"description": OPENAPI_DESCRIPTION}},
+        # The dashboard's session (its CSRF token) is never sent along with another site's
+        # request; the browser resends Basic credentials to any site that asks, so the token
+        # is what stands between a forged form and the reconcile button.
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_HTTPONLY=True,
     )
     if config:
         app.config.update(config)
@@ -90,6 +96,13 @@ def engine_options(url: str) -> dict:
     return {"connect_args": {k: v for k, v in defaults.items() if f"{k}=" not in query}}
 
 
+OPENAPI_DESCRIPTION = (
+    "Send SMS/MMS through Catapult v1 and follow every message to its final state. Errors are "
+    "Catapult's `{category, code, message, details}` everywhere. `/api` takes a bearer API key; "
+    "the callback URLs take the Basic credentials the relay gives the carrier. The browser "
+    "dashboard (`/dashboard`, Basic credentials of its own) is HTML and not described here."
+)
+
 # CLI commands that do not need the relay's secrets: they run with the database URL alone.
 TOLERANT_COMMANDS = {"sandbox", "db", "routes", "shell", "--help", None}
 
@@ -109,6 +122,7 @@ def register_extensions(app: Flask) -> None:
     from .extensions import SessionOnlyWhenSent, api, db, migrate
     from .ingest import init_ingest
     from .metrics import init_metrics
+    from .openapi import Conventions
 
     app.session_interface = SessionOnlyWhenSent()
     db.init_app(app)
@@ -117,35 +131,50 @@ def register_extensions(app: Flask) -> None:
     with app.app_context():
         db_setup.configure_engine(db.engine)
         init_ingest(app, db.engine)
-    api.init_app(app)
+    api.init_app(app, spec_kwargs={"extra_plugins": [Conventions()]})
     init_metrics(app)
 
 
 def register_limits(app: Flask) -> None:
     """Bodies over ``MAX_BODY_BYTES`` are refused (413) before they are read, by their
-    ``Content-Length`` (``errors.read_body`` checks chunked ones as they are read). The
-    callback routes apply their own, smaller limit first."""
+    ``Content-Length``; the callback routes apply their own, smaller limit first.
+
+    A chunked body has no length to tell: it is read here, up to one byte past its route's
+    limit, and refused when it has that byte. (werkzeug's own ``MAX_CONTENT_LENGTH`` stops a
+    single read at the limit and returns what it has: the body would be cut short silently,
+    stored cut as a callback or read cut as a send.) ``errors.read_body`` also refuses a body
+    its client cut short."""
     from .errors import too_large
 
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_BODY_BYTES"] + 1
 
     @app.before_request
     def refuse_large_bodies():
-        limit = app.config["MAX_BODY_BYTES"]
-        if (request.content_length or 0) > limit:
-            raise too_large(limit)
+        length, limit, what = request.content_length, app.config["MAX_BODY_BYTES"], None
+        if length is not None:
+            if length > limit:
+                raise too_large(limit)
+        elif request.environ.get("HTTP_TRANSFER_ENCODING"):  # chunked: no length to tell
+            # (Only then: gunicorn marks every request's input terminated, and a GET callback
+            # without a body must not pay for reading one.)
+            if request.blueprint == "callbacks":
+                limit, what = app.config["CALLBACK_MAX_BODY_BYTES"], "Callback requests"
+            request.max_content_length = limit + 1
+            if len(request.get_data(cache=True)) > limit:
+                raise too_large(limit, what or "Request bodies")
 
 
 def register_blueprints(app: Flask) -> None:
     from . import api as api_views
     from . import callbacks, dashboard, ops
     from .extensions import api
+    from .openapi import document_other_routes
 
     api.register_blueprint(api_views.bp)
-    api_views.register_openapi_components(api)
     app.register_blueprint(callbacks.bp)
     app.register_blueprint(dashboard.bp)
     app.register_blueprint(ops.bp)
+    document_other_routes(api.spec, app)
 
 
 def register_errors(app: Flask) -> None:

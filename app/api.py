@@ -2,54 +2,61 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import json
+import re
 
 from flask import current_app, jsonify, request, url_for
-from flask_smorest import Blueprint
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from . import messaging, queries
 from .errors import ApiError, read_body
+from .events import INT32
 from .extensions import db
 from .metrics import API_MESSAGES
 from .models import CallbackEvent, IdempotencyKey, Message
+from .openapi import IDEMPOTENCY_KEY, MESSAGE_ID, SEND_DOC, ApiBlueprint
 from .reconcile import find_message, reconcile
 from .schemas import (
-    BatchItemSchema,
-    CatapultErrorSchema,
     EventPageSchema,
     EventQuerySchema,
     MessageDetailSchema,
     MessagePageSchema,
     MessageQuerySchema,
     MessageSchema,
-    SendRequestSchema,
     StatsQuerySchema,
     StatsSchema,
 )
+from .security import auth_failed, bearer_failure
 from .send_rules import SendRuleError, validate_batch, validate_message
 
-bp = Blueprint("api", __name__, url_prefix="/api", description="Send messages and follow them")
+bp = ApiBlueprint("api", __name__, url_prefix="/api", description="Send messages and follow them")
 
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY)
 message_schema = MessageSchema()
 detail_schema = MessageDetailSchema()
 
 
 @bp.before_request
 def require_bearer():
-    """Every /api route needs ``Authorization: Bearer <one of API_KEYS>``."""
+    """Every /api route needs ``Authorization: Bearer <one of API_KEYS>``.
+
+    The token is compared with every key, each as a SHA-256 digest, so neither the time taken
+    nor its length tells how much of it, or which key, came close."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() == "bearer" and token:
+    if scheme.lower() == "bearer" and token.strip():
+        digest = hashlib.sha256(token.strip().encode("utf-8", "surrogateescape")).digest()
+        found = None
         for key in current_app.config["API_KEYS"]:
-            if hmac.compare_digest(token.strip().encode(), key.encode()):
-                request.environ["relay.api_key"] = key
-                return None
+            if hmac.compare_digest(digest, hashlib.sha256(key.encode()).digest()):
+                found = key
+        if found is not None:
+            request.environ["relay.api_key"] = found
+            return None
+    auth_failed("api", bearer_failure(header))
     raise ApiError(
         401,
         "authentication",
@@ -65,7 +72,7 @@ def require_bearer():
 def _read_body():
     if not request.is_json:
         raise ApiError(
-            400,
+            415,
             "bad-request",
             "unsupported-media-type",
             "Send the message as JSON with 'Content-Type: application/json'.",
@@ -73,6 +80,10 @@ def _read_body():
     raw = read_body(current_app.config["MAX_BODY_BYTES"])
     try:
         return json.loads(raw)
+    except RecursionError:  # nested deeper than the parser goes: no message is
+        raise ApiError(
+            400, "bad-request", "invalid-json", "The request body is nested too deeply."
+        ) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(
             400, "bad-request", "invalid-json", f"The request body is not valid JSON: {exc}"
@@ -83,14 +94,14 @@ def _idempotency_key() -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
-    key = key.strip()
-    if not key or len(key) > 200:
+    if not _IDEMPOTENCY_KEY.fullmatch(key.strip(" \t")):
         raise ApiError(
             400,
             "bad-request",
             "validation-error",
-            "Idempotency-Key must be 1 to 200 characters.",
+            "Idempotency-Key must be 1 to 200 printable ASCII characters.",
         )
+    key = key.strip(" \t")
     # Scoped per API key, so two clients cannot see each other's answers.
     owner = hashlib.sha256(request.environ["relay.api_key"].encode()).hexdigest()[:16]
     return f"{owner}:{key}"
@@ -113,31 +124,14 @@ def _replay(row: IdempotencyKey, request_hash: str):
 
 
 @bp.post("/messages")
-@bp.doc(
-    summary="Send one message (201) or a batch of up to 50 (202)",
-    requestBody={
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "oneOf": [
-                        {"$ref": "#/components/schemas/SendRequest"},
-                        {
-                            "type": "array",
-                            "maxItems": 50,
-                            "items": {"$ref": "#/components/schemas/SendRequest"},
-                        },
-                    ]
-                }
-            }
-        },
-    },
-    parameters=[{"in": "header", "name": "Idempotency-Key", "schema": {"type": "string"}}],
+@bp.doc(**SEND_DOC)
+@bp.alt_response(201, schema=MessageSchema, description="One message, queued.")
+@bp.alt_response(
+    202,
+    schema={"type": "array", "items": {"$ref": "#/components/schemas/BatchResult"}},
+    description="A batch: one result per item, in request order (accepted, or its error).",
 )
-@bp.alt_response(201, schema=MessageSchema, description="One message queued")
-@bp.alt_response(202, schema=BatchItemSchema(many=True), description="Batch: per-item results")
-@bp.alt_response(400, schema=CatapultErrorSchema, description="Invalid message")
-@bp.alt_response(403, schema=CatapultErrorSchema, description="More than 50 messages")
+@bp.errors(400, 403, 415, 422)
 def send_messages():
     """Queue messages for sending through Catapult; the relay owns the callback URLs."""
     body = _read_body()
@@ -218,26 +212,44 @@ def _detail(message: Message) -> dict:
 
 
 @bp.get("/messages")
-@bp.arguments(MessageQuerySchema, location="query", as_kwargs=True)
+@bp.doc(
+    operationId="listMessages",
+    responses={
+        200: {
+            "links": {
+                "GetFirstMessage": {
+                    "operationId": "getMessage",
+                    "parameters": {"message_id": "$response.body#/items/0/id"},
+                },
+                "ReconcileFirstMessage": {
+                    "operationId": "reconcileMessage",
+                    "parameters": {"message_id": "$response.body#/items/0/id"},
+                },
+            }
+        }
+    },
+)
+@bp.query(MessageQuerySchema)
 @bp.response(200, MessagePageSchema)
 def list_messages(limit, cursor=None, **filters):
     """List messages, newest first, with filters and an opaque cursor."""
-    after = _decode_cursor(cursor)
-    items = queries.list_messages(db.session, filters, limit + 1, after)
+    items = queries.list_messages(db.session, filters, limit + 1, cursor)
     return _page(items, limit, lambda m: m.id, "api.list_messages", message_schema)
 
 
-@bp.get("/messages/<message_id>")
+@bp.get("/messages/<message_id>", parameters=[MESSAGE_ID])
+@bp.doc(operationId="getMessage")
 @bp.response(200, MessageDetailSchema)
-@bp.alt_response(404, schema=CatapultErrorSchema)
+@bp.errors(404)
 def get_message(message_id):
     """One message by relay id or carrier id ``m-...``, with its event timeline."""
     return jsonify(_detail(_find_message(message_id)))
 
 
-@bp.post("/messages/<message_id>/reconcile")
+@bp.post("/messages/<message_id>/reconcile", parameters=[MESSAGE_ID])
+@bp.doc(operationId="reconcileMessage")
 @bp.response(200, MessageDetailSchema)
-@bp.alt_response(409, schema=CatapultErrorSchema)
+@bp.errors(404, 409, 502)
 def reconcile_message(message_id):
     """Ask the carrier for the message now; its answer is stored as a ``reconcile`` event."""
     from .catapult import client_for
@@ -248,17 +260,21 @@ def reconcile_message(message_id):
 
 
 @bp.get("/events")
-@bp.arguments(EventQuerySchema, location="query", as_kwargs=True)
+@bp.doc(operationId="listEvents")
+@bp.query(EventQuerySchema)
 @bp.response(200, EventPageSchema)
 def list_events(limit, cursor=None, **filters):
     """The raw callback log, newest first; ``matched=false`` lists parked and unknown events."""
-    after = _decode_cursor(cursor, integer=True)
+    after = int(cursor) if cursor else None
+    if after is not None and after > INT32:
+        after = None  # above every id the (32-bit) column can hold: no bound
     items = queries.list_events(db.session, filters, limit + 1, after)
     return _page(items, limit, lambda e: e.id, "api.list_events", queries.event_schema)
 
 
 @bp.get("/stats")
-@bp.arguments(StatsQuerySchema, location="query", as_kwargs=True)
+@bp.doc(operationId="getStats")
+@bp.query(StatsQuerySchema)
 @bp.response(200, StatsSchema)
 def stats(since=None):
     """Counts per status, delivery rate, time to receipt, fallback share, unmatched, duplicates."""
@@ -268,28 +284,12 @@ def stats(since=None):
 # ---------------------------------------------------------------- paging
 
 
-def _decode_cursor(cursor: str | None, integer: bool = False):
-    if not cursor:
-        return None
-    try:
-        padded = cursor.encode() + b"=" * (-len(cursor) % 4)
-        value = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
-        return int(value) if integer else value
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise ApiError(400, "bad-request", "validation-error", "Invalid cursor.") from None
-
-
 def _page(items, limit, key, endpoint, schema):
+    """A page of ``limit`` items (``items`` holds one more when there is a next page); the
+    cursor of the next page is the last item's id."""
     next_url = None
     if len(items) > limit:
         items = items[:limit]
-        cursor = base64.urlsafe_b64encode(str(key(items[-1])).encode()).decode().rstrip("=")
         args = {k: v for k, v in request.args.items() if k != "cursor"}
-        next_url = url_for(endpoint, _external=True, **args, cursor=cursor)
+        next_url = url_for(endpoint, _external=True, **args, cursor=str(key(items[-1])))
     return jsonify({"items": schema.dump(items, many=True), "next": next_url})
-
-
-# Register the request body schema for the OpenAPI document.
-def register_openapi_components(api) -> None:
-    """Name the send body schema in the OpenAPI components."""
-    api.spec.components.schema("SendRequest", schema=SendRequestSchema)

@@ -21,6 +21,7 @@ from .errors import CATEGORY_BY_STATUS, ApiError, read_body
 from .events import Received
 from .ingest import EXTENSION, IngestUnavailable
 from .metrics import CALLBACKS
+from .security import auth_failed, authorization, basic_failure
 
 bp = Blueprint("callbacks", __name__, url_prefix="/callbacks")
 
@@ -50,7 +51,7 @@ def _authorized() -> bool:
     expected = _basic_header(cfg["CALLBACK_USERNAME"], cfg["CALLBACK_PASSWORD"])
     if hmac.compare_digest(header, expected):
         return True
-    auth = request.authorization
+    auth = authorization()
     if auth is None or auth.type != "basic":
         return False
     user_ok = hmac.compare_digest((auth.username or "").encode(), cfg["CALLBACK_USERNAME"].encode())
@@ -80,6 +81,10 @@ def _too_large(via: str, limit: int) -> Response:
 def _receive(via: str) -> Response:
     """Verify → read (bounded) → store or journal → 200; see ``ingest`` for the storing."""
     arrived = time.monotonic()
+    if request.method == "HEAD":  # Flask adds it to GET routes; the carrier never sends it
+        return _error(
+            405, "method-not-allowed", "Callbacks are GET or POST.", {"Allow": "GET, POST"}
+        )
     cfg = current_app.config
     limit = cfg["CALLBACK_MAX_BODY_BYTES"]
     # Before the credentials and before reading anything: a body this large is not a
@@ -88,6 +93,7 @@ def _receive(via: str) -> Response:
         return _too_large(via, limit)
     if not _authorized():
         CALLBACKS.labels(via, request.method, "unauthorized").inc()
+        auth_failed("callbacks", basic_failure(request.environ.get("HTTP_AUTHORIZATION", "")))
         return Response(
             _UNAUTHORIZED,
             401,

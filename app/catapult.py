@@ -9,6 +9,7 @@ dispatcher must decide per message whether a retry is safe (catapult-v1.md §1 "
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -83,6 +84,30 @@ def redact_url(url: Any) -> Any:
         return url
     host = parts.netloc.rsplit("@", 1)[1]
     return urlunsplit(parts._replace(netloc=f"***:***@{host}"))
+
+
+# user:pass@ in a URL: plain, JSON-escaped (:\/\/) or percent-encoded (GET callback bodies).
+_URL_CREDENTIALS = re.compile(
+    r"(://|:\\/\\/|%3A%2F%2F)(?:(?!%2F)[^/@\s\"'<>&?#\\])+(@|%40)", re.IGNORECASE
+)
+
+
+def redact_text(text: str) -> str:
+    """``user:pass@`` in any URL within ``text`` becomes ``***:***@`` (also when it was)."""
+    return _URL_CREDENTIALS.sub(lambda m: f"{m[1]}***:***{m[2]}", text)
+
+
+def redact_credentials(value: Any) -> Any:
+    """``value`` (JSON-like) with the credentials of every URL in its strings redacted: what
+    the carrier echoes (an error naming our callbackUrl, a resource showing it) is stored and
+    shown, the credentials never."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {k: redact_credentials(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_credentials(v) for v in value]
+    return value
 
 
 def redact_message(message: dict[str, Any]) -> dict[str, Any]:

@@ -32,12 +32,14 @@ from sqlalchemy import BigInteger, Integer, cast, func, select
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from . import queries, rollups
+from .catapult import redact_text as redact
 from .errors import RETRY_AFTER_S, ApiError, database_unavailable, rollback_quietly
 from .extensions import db
 from .ids import id_floor
 from .ingest import EXTENSION as INGEST
 from .models import STATUSES, CallbackEvent, Message, Rollup, utcnow
 from .reconcile import find_message
+from .security import auth_failed, authorization, basic_failure
 
 bp = Blueprint(
     "dashboard",
@@ -87,24 +89,19 @@ DELIVERY_CODES = {
     902: "Message expired",
     999: "Unknown error",
 }
-# user:pass@ in a URL: plain, JSON-escaped (:\/\/) or percent-encoded (GET callback bodies).
-_URL_CREDENTIALS = re.compile(
-    r"(://|:\\/\\/|%3A%2F%2F)(?:(?!%2F)[^/@\s\"'<>&?#\\])+(@|%40)", re.IGNORECASE
-)
-
-
 # ---------------------------------------------------------------- auth, CSRF, headers
 
 
 @bp.before_request
 def require_basic_auth():
     """Every dashboard URL (pages and static files) needs the dashboard's Basic credentials."""
-    cfg, auth = current_app.config, request.authorization
+    cfg, auth = current_app.config, authorization()
     user, password = cfg.get("DASHBOARD_USERNAME") or "", cfg.get("DASHBOARD_PASSWORD") or ""
     if auth is not None and auth.type == "basic" and user and password:
         # `&`, not `and`: both compares always run, so timing says nothing about which failed.
         if _same(auth.username, user) & _same(auth.password, password):
             return None
+    auth_failed("dashboard", basic_failure(request.headers.get("Authorization", "")))
     return Response(
         "<!doctype html><title>401</title><p>The dashboard needs its username and password.",
         401,
@@ -181,6 +178,7 @@ def template_helpers() -> dict:
         "csrf_token": csrf_token,
         "fmt_time": fmt_time,
         "pretty": pretty,
+        "redact": redact,
         "page_url": page_url,
         "statuses": STATUSES,
         "windows": WINDOWS,
@@ -263,7 +261,7 @@ def reconcile_message(message_id):
         flash(f"The carrier answered: status is now {found.status}.", "ok")
     except ApiError as err:  # 409 no carrier id, 502 carrier unreachable: say so plainly
         db.session.rollback()
-        flash(f"Reconcile failed ({err.status} {err.code}): {err.message}", "error")
+        flash(f"Reconcile failed ({err.status} {err.code}): {redact(err.message)}", "error")
     return redirect(url_for(".message", message_id=relay_id), 303)
 
 
@@ -635,11 +633,6 @@ def fmt_time(value: datetime | None, ms: bool = False) -> str:
         return "—"
     text = value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f" if ms else "%Y-%m-%d %H:%M:%S")
     return text[:-3] if ms else text
-
-
-def redact(text: str) -> str:
-    """``user:pass@`` in any URL becomes ``***:***@`` (also when it already was)."""
-    return _URL_CREDENTIALS.sub(lambda m: f"{m[1]}***:***{m[2]}", text)
 
 
 def pretty(value) -> str:

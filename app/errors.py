@@ -22,6 +22,11 @@ CATEGORY_BY_STATUS = {
 }
 
 
+# Codes that must not depend on werkzeug's wording: a chunked body over the limit (caught while
+# it is read) is the same error as one whose Content-Length says so (``register_limits``).
+CODE_BY_STATUS = {413: "request-too-large"}
+
+
 class ApiError(Exception):
     """An error answered in Catapult's shape."""
 
@@ -71,14 +76,14 @@ def unavailable_error() -> ApiError:
     )
 
 
-def too_large(limit: int) -> ApiError:
+def too_large(limit: int, what: str = "Request bodies") -> ApiError:
     """413 for a body over ``limit`` bytes; ``Connection: close`` so that the server does not
     read the rest of it."""
     return ApiError(
         413,
         "bad-request",
         "request-too-large",
-        f"Request bodies are limited to {limit} bytes.",
+        f"{what} are limited to {limit} bytes.",
         headers={"Connection": "close"},
     )
 
@@ -121,17 +126,19 @@ def register_error_handlers(app: Flask) -> None:
         body = err.to_dict()
         if not body["details"]:
             body["details"] = request_details()
+        if not _wants_json():
+            return _with_dashboard_headers(jsonify(body), err.status, err.headers)
         return jsonify(body), err.status, err.headers
 
     @app.errorhandler(HTTPException)
     def handle_http_error(err: HTTPException):
         status = err.code or 500
         if not _wants_json():
-            return err
+            return _with_dashboard_headers(err.get_response())
         details = request_details()
         messages = getattr(err, "data", {}).get("messages") if hasattr(err, "data") else None
-        if status == 422 and messages:
-            # Query-string validation (webargs) reports 422; Catapult says 400 validation-error.
+        if status in (400, 422) and messages:
+            # Query-string validation (webargs): Catapult says 400 validation-error.
             status = 400
             for location in messages.values():
                 for name, problems in location.items():
@@ -145,7 +152,7 @@ def register_error_handlers(app: Flask) -> None:
             return jsonify(body), status
         body = {
             "category": CATEGORY_BY_STATUS.get(status, "internal-error"),
-            "code": (err.name or "error").lower().replace(" ", "-"),
+            "code": CODE_BY_STATUS.get(status) or (err.name or "error").lower().replace(" ", "-"),
             "message": err.description or err.name,
             "details": details,
         }
@@ -171,6 +178,17 @@ def register_error_handlers(app: Flask) -> None:
             "details": request_details(),
         }
         return jsonify(body), 500
+
+
+def _with_dashboard_headers(response, status=None, headers=None):
+    """An error under /dashboard that no dashboard view saw (an unknown URL, a method it does
+    not take, a body over the limit): the dashboard's security headers all the same."""
+    from .dashboard import security_headers
+
+    if status is not None:
+        response.status_code = status
+    response.headers.update(headers or {})
+    return security_headers(response)
 
 
 def rollback_quietly() -> None:

@@ -10,6 +10,7 @@ what cannot be read is stored raw and flagged, never dropped.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -132,10 +133,22 @@ def parse_raw(method: str, raw: str | None) -> dict[str, Any] | None:
     if method == "GET":
         return dict(reversed(parse_qsl(raw, keep_blank_values=True))) or None
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, parse_constant=_not_json, parse_float=_finite)
     except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         return None
     return value if isinstance(value, dict) else None
+
+
+def _not_json(name: str):
+    """``NaN`` and ``Infinity`` are Python's extensions, not JSON: such a body is unparseable."""
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(literal: str) -> float | str:
+    """A number too large for a float (``1e999``) stays its own text: an infinity would make
+    the API's JSON invalid wherever the payload is shown."""
+    value = float(literal)
+    return value if math.isfinite(value) else literal
 
 
 def _limit(column: str) -> int | None:

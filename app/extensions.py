@@ -23,9 +23,21 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+class RelayApi(Api):
+    """flask-smorest's Api with the relay's error responses (Catapult's shape, ``openapi``)
+    in place of its own, and no catch-all ``default`` response: every status is listed."""
+
+    DEFAULT_ERROR_RESPONSE_NAME = None
+
+    def _register_responses(self):
+        from .openapi import register_components
+
+        register_components(self.spec)
+
+
 db = SQLAlchemy(model_class=Base)
 migrate = Migrate(compare_type=True, render_as_batch=True)
-api = Api()
+api = RelayApi()
 
 
 class SessionOnlyWhenSent(SecureCookieSessionInterface):

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from .catapult import redact_credentials, redact_message
 from .db_setup import lock_for_write  # noqa: F401  (re-exported for callers)
 from .events import event_status  # noqa: F401
 from .ids import new_id
@@ -73,9 +74,11 @@ def _advance(message: Message, status: str) -> bool:
 def _exchange(message: Message, request, response, error) -> None:
     """Keep the last carrier exchange (for the timeline) and let go of the dispatcher's claim."""
     message.claimed_by = None
-    message.carrier_request = request
-    message.carrier_response = response
-    message.error = error
+    # The carrier may echo our callback URLs, credentials and all (an error naming the URL):
+    # nothing with them is stored.
+    message.carrier_request = redact_credentials(request)
+    message.carrier_response = redact_credentials(response)
+    message.error = redact_credentials(error)
 
 
 def record_accepted(session, message, carrier_id, request=None, response=None, now=None):
@@ -147,6 +150,9 @@ def record_reconcile(session: Session, message: Message, resource: dict, now=Non
     import json
 
     now = now or utcnow()
+    # The carrier's resource shows the callbackUrl/fallbackUrl it was given, with the callback
+    # credentials in them: those are never stored (the event is shown by the API).
+    resource = redact_credentials(redact_message(resource))
     payload = dict(resource)
     payload.setdefault("messageId", resource.get("id"))
     if not payload.get("tag"):

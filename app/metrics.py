@@ -13,6 +13,11 @@ CALLBACKS = Counter(
 )
 SENDS = Counter("relay_carrier_sends_total", "Messages handed to the carrier", ["outcome"])
 API_MESSAGES = Counter("relay_api_messages_total", "Messages accepted by the send API")
+AUTH_FAILURES = Counter(
+    "relay_auth_failures_total",
+    "Requests refused for missing or wrong credentials",
+    ["area", "reason"],  # api|callbacks|dashboard; missing|wrong-scheme|empty|wrong-credentials
+)
 JOURNAL_WRITTEN = Counter(
     "relay_journal_written_total", "Callbacks written to the journal (the database could not)"
 )

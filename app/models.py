@@ -172,10 +172,11 @@ class CallbackEvent(db.Model):
     @property
     def payload(self) -> dict[str, Any] | None:
         """The event's fields, parsed from ``raw`` (the one stored copy): query parameters for a
-        GET callback, the JSON object otherwise; None when it cannot be parsed."""
+        GET callback, the JSON object otherwise (a reconcile answer is the carrier's JSON,
+        though its method is GET); None when it cannot be parsed."""
         from .events import parse_raw
 
-        return parse_raw(self.method, self.raw)
+        return parse_raw("POST" if self.via == "reconcile" else self.method, self.raw)
 
     # Declared so the unit of work inserts a new (inbound) message before its first event.
     message: Mapped[Message | None] = relationship(lazy="raise")

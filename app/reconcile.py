@@ -19,7 +19,9 @@ log = logging.getLogger(__name__)
 def find_message(session: Session, message_id: str, for_update: bool = False) -> Message:
     """A message by relay id or carrier id ``m-...``; 404 in Catapult's shape otherwise.
     ``for_update``: locked until the transaction ends (PostgreSQL), for deciding on it."""
-    if is_carrier_id(message_id):
+    if "\x00" in message_id:  # no id holds one, and PostgreSQL refuses to compare it
+        message = None
+    elif is_carrier_id(message_id):
         stmt = select(Message).where(Message.carrier_message_id == message_id)
         message = session.scalar(stmt.with_for_update() if for_update else stmt)
     else:

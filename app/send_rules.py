@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import RAISE, Schema, ValidationError, fields, validates_schema
 
 from .errors import ApiError
 
@@ -45,14 +45,64 @@ REFUSED = ("callbackUrl", "fallbackUrl")
 RECEIPT_VALUES = ("none", "all", "error")
 CALLBACK_METHODS = ("GET", "POST")
 
-# ASCII digits only, and fullmatch so a trailing newline cannot slip past ``$``.
-_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
-_SHORT_CODE = re.compile(r"[0-9]{5,6}")
-_INTEGER_STRING = re.compile(r"[+-]?[0-9]+")
-# Bandwidth-hosted and external media are both plain http(s) URLs; loopback hosts (the sandbox)
-# have no TLD, hence require_tld=False.
-_MEDIA_URL = validate.URL(schemes={"http", "https"}, require_tld=False)
+
+# --- the rules as regular expressions -------------------------------------------------------
+# Each is the validator's own rule and, anchored, the OpenAPI document's ``pattern``: written in
+# the subset that Python's ``re`` and JSON Schema's regex dialect read alike (ASCII classes, no
+# ``\d``/``\s``, whose Unicode readings differ), so the document cannot drift from the checks.
+
+
+def _char_class(chars: str) -> str:
+    """``chars`` as the inside of a character class, in ``\\uXXXX`` escapes and ranges."""
+    codes = sorted(map(ord, chars))
+    runs: list[list[int]] = []
+    for code in codes:
+        if runs and code == runs[-1][1] + 1:
+            runs[-1][1] = code
+        else:
+            runs.append([code, code])
+    spell = "\\u{:04x}".format
+    return "".join(spell(a) if a == b else f"{spell(a)}-{spell(b)}" for a, b in runs)
+
+
+# What Python counts as white space (str.strip, str.isspace): a text of only these is blank.
+WHITESPACE = "".join(c for c in map(chr, range(0x3001)) if c.isspace())
+NO_NUL_TEXT = "[^\\u0000]*"
+# Text with at least one character that is neither white space nor NUL.
+NON_BLANK_TEXT = f"{NO_NUL_TEXT}[^{_char_class(chr(0) + WHITESPACE)}]{NO_NUL_TEXT}"
+E164 = r"\+[1-9][0-9]{1,14}"
+SHORT_CODE = r"[0-9]{5,6}"
+# A number of milliseconds as a string (the docs send "2000"): digits, a sign, ASCII blanks.
+INTEGER_STRING = r"[ \t\r\n]*[+-]?[0-9]+[ \t\r\n]*"
+TIMEOUT_STRING = r"[ \t\r\n]*\+?0*(?:[1-9][0-9]{0,3}|10000)[ \t\r\n]*"  # 1..10000 of those
+RECEIPT_PATTERN = r"[Nn][Oo][Nn][Ee]|[Aa][Ll][Ll]|[Ee][Rr][Rr][Oo][Rr]"
+METHOD_PATTERN = r"[Gg][Ee][Tt]|[Pp][Oo][Ss][Tt]"
+# Bandwidth-hosted and external media are both plain http(s) URLs in ASCII (RFC 3986: anything
+# else percent-encoded), with a host name, an IPv4 or an IPv6 literal (loopback hosts such as
+# the sandbox's have no dot) and a port that fits in 16 bits, as the carrier checks it.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_PORT = r"(?:[0-5]?[0-9]{1,4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+MEDIA_URL = (
+    r"[Hh][Tt][Tt][Pp][Ss]?://"
+    r"(?:(?:[A-Za-z0-9._~!$&'()*+,;=:-]|%[0-9A-Fa-f]{2})*@)?"
+    rf"(?:{_LABEL}(?:\.{_LABEL})*\.?|\[[0-9A-Fa-f:.]+\])"
+    rf"(?::{_PORT})?"
+    r"(?:[/?#][!-~]*)?"
+)
+# Text no database column can hold: NUL (PostgreSQL refuses it) and unpaired surrogates (no
+# UTF-8 form), which a JSON body can spell as \u0000 or \ud800. Refused in text and tag.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+_E164 = re.compile(E164)
+_SHORT_CODE = re.compile(SHORT_CODE)
+_INTEGER_STRING = re.compile(INTEGER_STRING)
+_MEDIA_URL = re.compile(MEDIA_URL)
 _ABSENT = object()
+
+
+def anchored(pattern: str) -> str:
+    """``pattern`` as a JSON Schema ``pattern`` (a search there): the whole value must match."""
+    return f"^(?:{pattern})$"
 
 
 class SendRuleError(ApiError):
@@ -152,6 +202,8 @@ class _Text(fields.Field):
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         if not isinstance(value, str):
             raise _invalid(f"{_prop('text')} must be a string")
+        if _UNSTORABLE.search(value):
+            raise _invalid(_unstorable_message("text"))
         if len(value) > MAX_TEXT:
             raise _invalid(
                 f"{_prop('text')} exceeds the limit of {MAX_TEXT} characters (it has {len(value)})"
@@ -177,16 +229,29 @@ class _Media(fields.Field):
 
 
 def _is_media_url(url: str) -> bool:
-    """True for an absolute http(s) URL."""
-    try:
-        _MEDIA_URL(url)
-    except ValidationError:
-        return False
-    return True
+    """True for an absolute http(s) URL (``MEDIA_URL``)."""
+    return _MEDIA_URL.fullmatch(url) is not None
+
+
+class _Tag(fields.Field):
+    """The user's own tag: any string the database can hold (no documented maximum)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        if not isinstance(value, str):
+            raise _invalid(f"{_prop('tag')} must be a string")
+        if _UNSTORABLE.search(value):
+            raise _invalid(_unstorable_message("tag"))
+        return value
+
+
+def _unstorable_message(name: str) -> str:
+    return f"{_prop(name)} must not contain NUL characters or unpaired surrogates"
 
 
 class _Choice(fields.Field):
-    """A string out of a few values, matched in any case and folded to one case."""
+    """A string out of a few values, matched in any (ASCII) case and folded to one case.
+
+    ASCII only: ``str.upper`` folds look-alikes too ("poſt" and "poﬆ" are "POST" to it)."""
 
     def __init__(self, name: str, values: tuple[str, ...], fold: Callable[[str], str]) -> None:
         super().__init__()
@@ -195,7 +260,7 @@ class _Choice(fields.Field):
         self.message = _one_of_message(name, values)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
-        if not isinstance(value, str) or self.fold(value) not in self.values:
+        if not isinstance(value, str) or not value.isascii() or self.fold(value) not in self.values:
             raise _invalid(self.message)
         return self.fold(value)
 
@@ -226,9 +291,9 @@ def _as_integer(value: Any) -> int | None:
         return value
     if isinstance(value, float):
         return int(value) if math.isfinite(value) and value.is_integer() else None
-    if isinstance(value, str) and _INTEGER_STRING.fullmatch(value.strip()):
+    if isinstance(value, str) and _INTEGER_STRING.fullmatch(value):
         try:
-            return int(value)
+            return int(value.strip(" \t\r\n"))
         except ValueError:  # more digits than Python converts: no plausible timeout anyway
             return None
     return None
@@ -286,12 +351,7 @@ _MESSAGE_SCHEMA: Schema = _MessageRules.from_dict(
         "receiptRequested": _Choice("receiptRequested", RECEIPT_VALUES, str.lower),
         "callbackHttpMethod": _Choice("callbackHttpMethod", CALLBACK_METHODS, str.upper),
         "callbackTimeout": _Timeout(),
-        "tag": fields.String(
-            error_messages={
-                "invalid": _problem("validation-error", f"{_prop('tag')} must be a string"),
-                "invalid_utf8": _problem("validation-error", f"{_prop('tag')} must be a string"),
-            }
-        ),
+        "tag": _Tag(),
         **{name: _Refused() for name in REFUSED},
     },
     name="MessageSchema",
@@ -385,4 +445,10 @@ def _detail(name: str, value: Any) -> dict[str, str]:
             text = json.dumps(value)
         except (TypeError, ValueError):
             text = str(value)
-    return {"name": name, "value": text}
+    # An echo of the request, which may hold what no column can: stored with the answer of an
+    # Idempotency-Key, so made storable here.
+    return {"name": _storable(name), "value": _storable(text)}
+
+
+def _storable(text: str) -> str:
+    return _UNSTORABLE.sub("\ufffd", text)

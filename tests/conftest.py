@@ -150,6 +150,33 @@ def auth():
     return {"Authorization": f"Bearer {API_KEY}"}
 
 
+def insert_message(app, **fields) -> str:
+    """Insert a message row as it is (queued, A → B, created a second ago unless told
+    otherwise), for tests that need data no API call would make."""
+    from datetime import timedelta
+
+    from app.models import Message, utcnow
+
+    now = utcnow() - timedelta(seconds=1)
+    values = {
+        "direction": "out",
+        "from_number": "+15555550100",
+        "to_number": "+15555550101",
+        "text": "hello",
+        "status": "queued",
+        "created_at": now,
+        "updated_at": now,
+        "attempts": 0,
+        "code_mismatch": False,
+        **fields,
+    }
+    with app.app_context():
+        message = Message(**values)
+        db.session.add(message)
+        db.session.commit()
+        return message.id
+
+
 def basic(user: str, password: str) -> dict:
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
     return {"Authorization": f"Basic {token}"}

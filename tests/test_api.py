@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlencode
 
 import pytest
 from sqlalchemy import func, select
@@ -70,10 +72,16 @@ def test_invalid_single_message_is_400_in_catapult_shape(client, auth, app):
     "data,content_type,code,status",
     [
         (b"{broken", "application/json", "invalid-json", 400),
-        (b"from=+1", "application/x-www-form-urlencoded", "unsupported-media-type", 400),
+        (b"from=+1", "application/x-www-form-urlencoded", "unsupported-media-type", 415),
+        (b"{}", "text/plain", "unsupported-media-type", 415),
         (b"", "application/json", "invalid-json", 400),
         (b'"just a string"', "application/json", "validation-error", 400),
+        (b"[" * 100_000 + b"]" * 100_000, "application/json", "invalid-json", 400),
+        (b'{"a": ' * 50_000 + b"1" + b"}" * 50_000, "application/json", "invalid-json", 400),
+        (b"1" * 5000, "application/json", "invalid-json", 400),  # over Python's int digits
+        (b'{"from": "\\u0000"}', "application/json", "validation-error", 400),
     ],
+    ids=["broken", "form", "text", "empty", "string", "deep-array", "deep-object", "digits", "nul"],
 )
 def test_bad_bodies_get_clear_errors(client, auth, app, data, content_type, code, status):
     response = client.post(
@@ -288,3 +296,115 @@ def test_a_tag_of_any_length_is_stored_and_found(client, auth):
     found = client.get("/api/messages", query_string={"tag": tag}, headers=auth).get_json()
     assert [m["id"] for m in found["items"]] == [created.get_json()["id"]]
     assert found["items"][0]["tag"] == tag
+
+
+@pytest.mark.parametrize(
+    "path,query",
+    [
+        ("/api/messages", "limit=%D9%A3"),  # an Arabic-Indic 3: int() reads it, the doc does not
+        ("/api/messages", "limit=1_0"),
+        ("/api/messages", "limit=+5"),
+        ("/api/messages", "since=2026-01-01"),
+        ("/api/messages", "since=2026-01-01T00:00:00"),  # RFC 3339 needs the offset
+        ("/api/messages", "until=20260101T000000Z"),
+        ("/api/messages", "since=2026-02-30T00:00:00Z"),
+        ("/api/messages", "since=2026-01-01T00:00:60Z"),  # a leap second only at 23:59:60 UTC
+        ("/api/messages", "tag=a%00b"),
+        ("/api/messages", "from=%00"),
+        ("/api/messages", "cursor=rm-%0A"),
+        ("/api/events", "matched=1"),
+        ("/api/events", "matched=yes"),
+        ("/api/events", "cursor=-1"),
+        ("/api/events", "cursor=1%0A"),
+        ("/api/events", "carrierMessageId=m-%00"),
+        ("/api/stats", "since=yesterday"),
+    ],
+)
+def test_query_arguments_are_read_as_documented(client, auth, path, query):
+    """Only what the OpenAPI document allows: 400 validation-error for the rest, never a 500
+    (a NUL reaching PostgreSQL was one)."""
+    response = client.get(f"{path}?{query}", headers=auth)
+    assert response.status_code == 400, response.data
+    assert response.get_json()["code"] == "validation-error"
+
+
+@pytest.mark.parametrize(
+    "since",
+    [
+        "0001-01-01T00:00:00+01:00",  # before year 1 in UTC
+        "0000-01-01T00:00:00Z",  # valid RFC 3339; Python has no year 0
+        "9999-12-31T23:59:59-23:59",  # after year 9999 in UTC
+        "2026-06-30t23:59:60z",  # a leap second, lower case T and Z
+        "1999-12-31T23:59:59.123456789+05:30",
+    ],
+)
+@pytest.mark.parametrize("path", ["/api/messages", "/api/events", "/api/stats"])
+def test_extreme_times_are_read_within_bounds(client, auth, app, path, since):
+    seed(app, 2)
+    response = client.get(f"{path}?{urlencode({'since': since, 'until': since})}", headers=auth)
+    assert response.status_code == 200, response.data
+
+
+def test_a_cursor_past_every_event_id_pages_from_the_top(client, auth, app, cb_auth):
+    """An event cursor above what the (32-bit) id column holds is no bound, not a 500."""
+    client.post("/callbacks/catapult", headers=cb_auth, json={"messageId": "m-c1"})
+    for cursor in ("2147483647", "2147483648", "999999999999999999"):
+        page = client.get(f"/api/events?cursor={cursor}", headers=auth)
+        assert page.status_code == 200, page.data
+    assert len(client.get("/api/events?cursor=2147483648", headers=auth).get_json()["items"]) == 1
+
+
+def test_next_links_carry_the_last_id(client, auth, app, cb_auth):
+    ids = seed(app, 3)
+    page = client.get("/api/messages?limit=2", headers=auth).get_json()
+    assert page["next"].endswith(f"cursor={ids[1]}")
+    for i in range(3):
+        client.post("/callbacks/catapult", headers=cb_auth, json={"messageId": f"m-e{i}"})
+    events = client.get("/api/events?limit=2", headers=auth).get_json()
+    assert events["next"].endswith(f"cursor={events['items'][-1]['id']}")
+    rest = client.get(events["next"], headers=auth).get_json()
+    assert len(rest["items"]) == 1 and rest["next"] is None
+
+
+@pytest.mark.parametrize("path", ["/api/messages/a%00b", "/api/messages/m-%00"])
+def test_an_id_with_nul_is_not_found(client, auth, path):
+    for response in (
+        client.get(path, headers=auth),
+        client.post(f"{path}/reconcile", headers=auth),
+    ):
+        assert response.status_code == 404, response.data
+        assert response.get_json()["code"] == "message-not-found"
+
+
+@pytest.mark.parametrize("field", ["text", "tag"])
+@pytest.mark.parametrize("value", ["a\x00b", "\ud800", "x\udfffy"])
+def test_text_no_database_can_hold_is_refused(client, auth, app, field, value):
+    """NUL (PostgreSQL refuses it) and unpaired surrogates (no UTF-8 form) in text or tag: a
+    clear 400, nothing queued; on PostgreSQL this was a 500."""
+    body = json.dumps({**SMS, field: value}, ensure_ascii=True)
+    response = client.post(
+        "/api/messages", data=body, headers={**auth, "Content-Type": "application/json"}
+    )
+    assert response.status_code == 400, response.data
+    assert response.get_json()["code"] == "validation-error"
+    assert count_messages(app) == 0
+
+
+def test_a_batch_echoing_unstorable_text_is_answered_and_replayed(client, auth, app):
+    """A batch item's error repeats what it was sent; kept with an Idempotency-Key, that echo
+    must be storable too."""
+    body = json.dumps([SMS, {**SMS, "x\x00": 1}, {"from": "\ud800"}], ensure_ascii=True)
+    headers = {**auth, "Content-Type": "application/json", "Idempotency-Key": "echo-1"}
+    first = client.post("/api/messages", data=body, headers=headers)
+    again = client.post("/api/messages", data=body, headers=headers)
+    assert first.status_code == again.status_code == 202
+    assert again.get_json() == first.get_json()
+    assert [r["result"] for r in first.get_json()] == ["accepted", "error", "error"]
+    assert count_messages(app) == 1
+
+
+@pytest.mark.parametrize("key", ["", " ", "k\x00", "é", "k" * 201, "a\tb"])
+def test_idempotency_keys_are_printable_ascii(client, auth, app, key):
+    response = client.post("/api/messages", json=SMS, headers={**auth, "Idempotency-Key": key})
+    assert response.status_code == 400, response.data
+    assert count_messages(app) == 0

@@ -163,3 +163,21 @@ def test_reconcile_answer_never_moves_backwards(app, status):
     message, events = load(app, message_id)
     assert message.status == "delivered"
     assert events[0].late
+
+
+def test_reconcile_answer_is_stored_without_the_callback_credentials(app, client, auth):
+    """The carrier's GET message shows the callbackUrl it was given, credentials and all: the
+    stored event (and so the API, which shows it) keeps the URLs but not the credentials."""
+    message_id = make(app, "sent", "m-cred")
+    url = "https://cb-user:s3cret-pass@relay.example/callbacks/catapult"
+    fake = FakeCarrier(
+        {"m-cred": resource("m-cred", message_id, callbackUrl=url, fallbackUrl=url + "/fallback")}
+    )
+    app.extensions["catapult_client"] = fake
+    body = client.post(f"/api/messages/{message_id}/reconcile", headers=auth).get_data(True)
+    assert "s3cret-pass" not in body and "cb-user" not in body
+    [event] = load(app, message_id)[1]
+    assert "s3cret-pass" not in event.raw and "cb-user" not in event.raw
+    assert event.payload["callbackUrl"] == "https://***:***@relay.example/callbacks/catapult"
+    events = client.get("/api/events?via=reconcile", headers=auth).get_data(as_text=True)
+    assert "s3cret-pass" not in events

@@ -606,3 +606,56 @@ def test_send_rule_error_shape() -> None:
     }
     assert SendRuleError(400, "bad-request", "x", "m").details == []
     assert str(err) == "msg"
+
+
+# --- hostile input: what the OpenAPI document's patterns say, and nothing more --------------
+
+
+@pytest.mark.parametrize(
+    "message,field",
+    [
+        (sms(callbackHttpMethod="poſt"), "callbackHttpMethod"),  # "POST" to str.upper
+        (sms(callbackHttpMethod="poﬆ"), "callbackHttpMethod"),  # the ligature ﬆ is "ST"
+        (sms(callbackHttpMethod="ɢet"), "callbackHttpMethod"),
+        (sms(receiptRequested="ALL\u0130"), "receiptRequested"),
+        (sms(receiptRequested="\u212aall"), "receiptRequested"),  # KELVIN SIGN
+        (sms(text="a\x00b"), "text"),
+        (sms(text="\ud800"), "text"),
+        (sms(tag="\x00"), "tag"),
+        (sms(tag="ok\udfff"), "tag"),
+        (mms(media="https://bücher.example/a.png"), "media"),  # IDN: send its punycode
+        (mms(media="https://example.com/ü.png"), "media"),  # percent-encode the path
+        (mms(media="http://example.com:65536/a.png"), "media"),
+        (mms(media="http://example.com:/a.png"), "media"),
+        (mms(media="https://exa_mple.com/a.png"), "media"),
+        (mms(media="https://example.com/a b.png"), "media"),
+        (sms(callbackTimeout="\u0662000"), "callbackTimeout"),  # Arabic-Indic digits
+        (sms(callbackTimeout="1_000"), "callbackTimeout"),
+        (sms(callbackTimeout="\x1c2000"), "callbackTimeout"),
+    ],
+)
+def test_lookalikes_and_unstorable_text_are_refused(message, field) -> None:
+    with pytest.raises(SendRuleError) as caught:
+        validate_message(message)
+    assert caught.value.status == 400
+    assert caught.value.details[0]["name"] == field
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        mms(media="http://example.com:65535/a.png"),
+        mms(media="http://[::1]:8080/a.png"),
+        mms(media="https://xn--bcher-kva.example/a.png?x=%C3%BC#top"),
+        sms(text="\ufeffhello"),  # BOM is not white space to Python
+        sms(text="x" * MAX_TEXT, tag="é🙂" * 1000),
+        sms(callbackTimeout="\t+0010000\n"),
+    ],
+)
+def test_what_the_patterns_allow_is_accepted(message) -> None:
+    validate_message(message)
+
+
+def test_error_details_are_storable_echoes() -> None:
+    [_, error] = validate_batch([sms(), {**sms(), "x\x00\ud800": 1}])
+    assert error.details == [{"name": "x\ufffd\ufffd", "value": "1"}]

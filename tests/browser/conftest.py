@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import timedelta
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,8 +19,7 @@ from werkzeug.serving import make_server
 
 from app import create_app, dashboard
 from app.extensions import db
-from app.models import Message, utcnow
-from tests.conftest import CALLBACK_PASSWORD, CALLBACK_USER, make_config
+from tests.conftest import CALLBACK_PASSWORD, CALLBACK_USER, insert_message, make_config
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -66,7 +65,13 @@ def browser():
 @pytest.fixture(scope="session")
 def relay(tmp_path_factory):
     """The whole relay on 127.0.0.1, port chosen by the OS, one SQLite file, refresh 1 s."""
-    path = tmp_path_factory.mktemp("relay")
+    with served_relay(tmp_path_factory.mktemp("relay")) as served:
+        yield served
+
+
+@contextmanager
+def served_relay(path: Path):
+    """A relay of its own on a loopback port (refresh 1 s), stopped on leaving."""
     app = create_app(make_config(path, DASHBOARD_REFRESH_SECONDS=1))
     if "dashboard" not in app.blueprints:
         app.register_blueprint(dashboard.bp)
@@ -88,30 +93,14 @@ def relay(tmp_path_factory):
         server.shutdown()
         thread.join(timeout=5)
         server.server_close()
+        app.extensions["relay_ingest"].close()
         with app.app_context():
             db.engine.dispose()
 
 
 def add(app, **fields) -> str:
     """Insert a message (queued, A → B, created a second ago unless told otherwise)."""
-    now = utcnow() - timedelta(seconds=1)
-    values = {
-        "direction": "out",
-        "from_number": "+15555550100",
-        "to_number": "+15555550101",
-        "text": "hello",
-        "status": "queued",
-        "created_at": now,
-        "updated_at": now,
-        "attempts": 0,
-        "code_mismatch": False,
-        **fields,
-    }
-    with app.app_context():
-        message = Message(**values)
-        db.session.add(message)
-        db.session.commit()
-        return message.id
+    return insert_message(app, **fields)
 
 
 def callback(url: str, carrier_id: str, via: str = "primary", **fields) -> None:
