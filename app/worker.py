@@ -14,6 +14,7 @@ from flask import Flask, current_app
 from flask.cli import with_appcontext
 
 from .dispatcher import Dispatcher
+from .ingest import EXTENSION as INGEST
 
 
 class InlineDispatcher:
@@ -102,8 +103,13 @@ def dispatch_command(once: bool) -> None:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     click.echo(f"dispatcher {dispatcher.holder}: running (Ctrl-C to stop)", err=True)
+    # The host's callback journal too: entries left by web processes that died are replayed
+    # even while none of them runs (the worker shares JOURNAL_DIR when it shares the host).
+    ingest = app.extensions[INGEST]
+    ingest.start()
     try:
         dispatcher.run_forever(stop)
     finally:
+        ingest.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

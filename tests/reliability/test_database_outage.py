@@ -24,6 +24,7 @@ from tests.reliability.conftest import (
     stored_events,
     wait_for,
 )
+from tests.servers import Dispatcher, relay_env
 
 ALL_ROUTES = {("POST", "primary"), ("GET", "primary"), ("POST", "fallback"), ("GET", "fallback")}
 
@@ -141,4 +142,25 @@ def test_a_relay_killed_whole_during_the_outage_is_replayed_by_its_replacement(
     replacement = start_relay(url)  # ... until the replacement starts, with no traffic at all
     wait_for(lambda: len(stored_events(url)) == 20, timeout=30)
     assert ready(replacement.url)["journal"]["depth"] == 0
+    assert {statuses(url)[c] for _, c in messages} == {"sent"}
+
+
+def test_the_worker_role_replays_a_journal_its_web_processes_left(tmp_path, pg_schema, start_relay):
+    """One host, web processes gone, the worker role (``flask dispatch``) still running: it
+    replays the host's journal too."""
+    cluster, url = pg_schema
+    messages = prepare_database(tmp_path, url, 10)
+    relay = start_relay(url)
+    cluster.halt()
+    answers = send_all(relay.url, mixed([event_body(c, r) for r, c in messages]))
+    assert {a.status for a in answers} == {200}
+    relay.kill()
+    cluster.resume()
+    worker = Dispatcher(
+        relay_env(url, tmp_path / "journal", DISPATCH="worker"), tmp_path / "dispatch.log"
+    )
+    try:
+        wait_for(lambda: len(stored_events(url)) == 10, timeout=30)
+    finally:
+        worker.stop()
     assert {statuses(url)[c] for _, c in messages} == {"sent"}
