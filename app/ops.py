@@ -33,7 +33,8 @@ def readyz():
     ready = database or writable
     body = {
         "status": "ok" if database and not depth else "degraded" if ready else "unavailable",
-        "degraded": not database or bool(depth),
+        # Any fault counts: the database down, callbacks waiting, or no journal to fall back on.
+        "degraded": not database or bool(depth) or not writable,
         "database": "ok" if database else "unavailable",
         "journal": {
             "writable": writable,
