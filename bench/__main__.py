@@ -1,4 +1,5 @@
-"""``python -m bench [ingest|ingest-pg|api|dispatch|prune|all] [--quick]``: run, print markdown.
+"""``python -m bench [ingest|ingest-pg|api|dispatch|prune|workers|all] [--quick]``: run, print
+markdown (``workers`` runs on request only).
 
 Results go to ``bench/results/latest.{md,json}`` (``quick.*`` with --quick; a ``-<name>``
 suffix when one benchmark runs alone). Benchmarks report; they never fail on a missed target.
@@ -16,13 +17,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import api_scale, dispatch, ingest, machine, prune
+from . import api_scale, dispatch, ingest, machine, prune, workers
 from .loadgen import ensure_wrk, wrk_version
 from .seed import CACHE
 from .servers import BenchError, stop_all
 
 RESULTS = Path(__file__).resolve().parent / "results"
-NEEDS_WRK = {"ingest", "ingest-pg", "api", "prune"}
+NEEDS_WRK = {"ingest", "ingest-pg", "api", "prune", "workers"}
+# Run on request only (not part of "all"): how gunicorn.conf.py's settings were chosen.
+EXTRA = ["workers"]
 BENCHMARKS = ["ingest", "ingest-pg", "api", "dispatch", "prune"]
 
 
@@ -60,7 +63,7 @@ def _machine_markdown(info: dict, args: argparse.Namespace, seconds: float) -> s
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("which", nargs="?", default="all", choices=[*BENCHMARKS, "all"])
+    parser.add_argument("which", nargs="?", default="all", choices=[*BENCHMARKS, *EXTRA, "all"])
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -97,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
                 results[name] = api_scale.run(wrk, workdir, args.quick, args.reseed, log=_log)
             elif name == "prune":
                 results[name] = prune.run(wrk, workdir, args.quick, log=_log)
+            elif name == "workers":
+                results[name] = workers.run(wrk, workdir, args.quick, log=_log)
             else:
                 results[name] = dispatch.run(workdir, args.quick, log=_log)
     except BenchError as exc:
@@ -119,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         "api": api_scale.markdown,
         "dispatch": dispatch.markdown,
         "prune": prune.markdown,
+        "workers": workers.markdown,
     }
     title = "# Relay benchmarks" + (" (quick)" if args.quick else "")
     text = "\n".join(
