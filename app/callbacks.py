@@ -69,7 +69,7 @@ def _error(status: int, code: str, message: str, headers: dict | None = None) ->
 
 
 def _too_large(via: str, limit: int) -> Response:
-    CALLBACKS.labels(via, request.method, "too-large").inc()
+    _counted(via, request.method, "too-large").inc()
     return _error(
         413,
         "request-too-large",
@@ -78,22 +78,30 @@ def _too_large(via: str, limit: int) -> Response:
     )
 
 
+@functools.cache
+def _counted(via: str, method: str, outcome: str):
+    """The callbacks counter of one label set (looked up once: this is the hot path)."""
+    return CALLBACKS.labels(via, method, outcome)
+
+
 def _receive(via: str) -> Response:
     """Verify → read (bounded) → store or journal → 200; see ``ingest`` for the storing."""
     arrived = time.monotonic()
-    if request.method == "HEAD":  # Flask adds it to GET routes; the carrier never sends it
+    req = request._get_current_object()  # type: ignore[attr-defined]  (one proxy lookup)
+    environ, method = req.environ, req.method
+    if method == "HEAD":  # Flask adds it to GET routes; the carrier never sends it
         return _error(
             405, "method-not-allowed", "Callbacks are GET or POST.", {"Allow": "GET, POST"}
         )
-    cfg = current_app.config
-    limit = cfg["CALLBACK_MAX_BODY_BYTES"]
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    limit = app.config["CALLBACK_MAX_BODY_BYTES"]
     # Before the credentials and before reading anything: a body this large is not a
     # Catapult event (a few KB), and reading it would cost the memory it claims.
-    if (request.content_length or 0) > limit or len(request.query_string) > limit:
+    if (req.content_length or 0) > limit or len(environ.get("QUERY_STRING", "")) > limit:
         return _too_large(via, limit)
     if not _authorized():
-        CALLBACKS.labels(via, request.method, "unauthorized").inc()
-        auth_failed("callbacks", basic_failure(request.environ.get("HTTP_AUTHORIZATION", "")))
+        _counted(via, method, "unauthorized").inc()
+        auth_failed("callbacks", basic_failure(environ.get("HTTP_AUTHORIZATION", "")))
         return Response(
             _UNAUTHORIZED,
             401,
@@ -101,31 +109,27 @@ def _receive(via: str) -> Response:
             mimetype="application/json",
         )
     # GET callbacks carry the event as query parameters, POST ones as JSON (catapult-v1.md §3).
-    if request.method == "GET":
-        raw = request.query_string.decode("utf-8", "replace")
+    if method == "GET":
+        raw = req.query_string.decode("utf-8", "replace")
     else:
         try:
             raw = read_body(limit).decode("utf-8", "replace")
         except ApiError:  # chunked, and over the limit once read that far
             return _too_large(via, limit)
         except ClientDisconnected:  # nobody is waiting for the answer, and nothing is kept
-            CALLBACKS.labels(via, request.method, "disconnected").inc()
+            _counted(via, method, "disconnected").inc()
             raise
     received = Received(
-        via=via,
-        method=request.method,
-        raw=raw,
-        content_type=request.content_type,
-        user_agent=request.headers.get("User-Agent"),
+        via, method, raw, environ.get("CONTENT_TYPE"), environ.get("HTTP_USER_AGENT")
     )
     try:
-        outcome = current_app.extensions[EXTENSION].accept(received, arrived)
+        outcome = app.extensions[EXTENSION].accept(received, arrived)
     except IngestUnavailable as exc:
         # Not stored anywhere: say so, so that the carrier's fallback try can go elsewhere.
-        current_app.logger.error("callback not stored: %s", exc)
-        CALLBACKS.labels(via, request.method, "unavailable").inc()
+        app.logger.error("callback not stored: %s", exc)
+        _counted(via, method, "unavailable").inc()
         return _error(503, "unavailable", "The callback could not be stored.", {"Retry-After": "1"})
-    CALLBACKS.labels(via, request.method, outcome).inc()
+    _counted(via, method, outcome).inc()
     return Response(status=200)
 
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
-from .ids import new_id
 from .models import CallbackEvent, utcnow
 
 E = CallbackEvent.__table__
@@ -29,8 +30,9 @@ INT32 = 2**31 - 1
 
 
 def request_key() -> str:
-    """A new key for one callback request (sortable, so its unique index grows at one end)."""
-    return new_id("cb-")
+    """A new key for one callback request: the time in nanoseconds then 48 random bits, in
+    hex (28 characters; sortable, so its unique index grows at one end; cheap to make)."""
+    return f"{time.time_ns():016x}{os.urandom(6).hex()}"
 
 
 @dataclass(slots=True)

@@ -25,7 +25,7 @@ from sqlalchemy import ARRAY, String, any_, bindparam, or_, select
 from sqlalchemy.engine import Engine
 
 from .batching import GroupWriter, Pending
-from .db_setup import ConnectionLost, write_transaction
+from .db_setup import ConnectionLost, HeldConnection, write_transaction
 from .events import Received, event_columns, parse_raw
 from .ids import is_carrier_id
 from .journal import Journal, JournalError, Replayer
@@ -89,7 +89,12 @@ def is_unavailable(exc: BaseException, engine: Engine) -> bool:
 
 
 def apply_events(
-    engine: Engine, events: list[Received], *, dedupe: bool = False, readable: bool = True
+    engine: Engine,
+    events: list[Received],
+    *,
+    dedupe: bool = False,
+    readable: bool = True,
+    held: HeldConnection | None = None,
 ) -> list[StoredEvent | None]:
     """Store and apply ``events`` in one write transaction, in order; committed on return.
 
@@ -98,12 +103,13 @@ def apply_events(
     stores the raw requests only, flagged unparseable (the last resort for a request whose
     fields the database refuses). A pooled connection the server dropped while idle (a
     restart, a failover) fails on its first statement: then, once, the transaction runs again
-    on a fresh connection rather than giving up."""
+    on a fresh connection rather than giving up. ``held``: on that thread's kept connection
+    rather than one from the pool."""
     payloads = [parse_raw(e.method, e.raw) if readable else False for e in events]
     for attempt in (1, 2):
         tx = None
         try:
-            with write_transaction(engine) as dbapi:
+            with held.transaction() if held else write_transaction(engine) as dbapi:
                 tx = RawTx(dbapi, engine.dialect)
                 if len(events) > 1 and engine.dialect.name == "postgresql":
                     _lock_in_order(tx, payloads)
@@ -138,14 +144,18 @@ def _lock_in_order(tx: RawTx, payloads: list[Any]) -> None:
 
 
 def apply_resilient(
-    engine: Engine, events: list[Received], *, dedupe: bool = False
+    engine: Engine,
+    events: list[Received],
+    *,
+    dedupe: bool = False,
+    held: HeldConnection | None = None,
 ) -> list[StoredEvent | None | Exception]:
     """``apply_events``, and when the batch fails for a reason other than the database being
     unavailable (one event's data, a deadlock), each event on its own; an event whose fields
     the database refuses is stored raw and flagged. The result of an event that could not be
     stored at all is its exception. Raises ``DatabaseUnavailable``."""
     try:
-        return list(apply_events(engine, events, dedupe=dedupe))
+        return list(apply_events(engine, events, dedupe=dedupe, held=held))
     except Exception as exc:
         if is_unavailable(exc, engine):
             raise DatabaseUnavailable(str(exc)) from exc
@@ -157,7 +167,8 @@ def apply_resilient(
     for event in events:
         for readable in (True, False):
             try:
-                results.append(apply_events(engine, [event], dedupe=True, readable=readable)[0])
+                stored = apply_events(engine, [event], dedupe=True, readable=readable, held=held)
+                results.append(stored[0])
                 break
             except Exception as exc:
                 if is_unavailable(exc, engine):
@@ -181,6 +192,7 @@ class Ingest:
         self.journal = journal
         self.budget_s = budget_s
         self.db_writer = GroupWriter("relay-callbacks", self._commit_db)
+        self.held = HeldConnection(engine)  # the writer thread's own connection
         self.journal_writer = GroupWriter("relay-journal", self._commit_journal)
         self.prober = GroupWriter("relay-db-probe", self._probe)
         self.replayer = Replayer(
@@ -215,7 +227,7 @@ class Ingest:
 
     def _commit_db(self, batch: list[Pending]) -> None:
         try:
-            results = apply_resilient(self.engine, [p.item for p in batch])
+            results = apply_resilient(self.engine, [p.item for p in batch], held=self.held)
         except DatabaseUnavailable as exc:
             for pending in batch:
                 pending.reject(exc)
@@ -264,6 +276,7 @@ class Ingest:
     def close(self, timeout: float = 10.0) -> None:
         """Finish the callbacks in hand, stop the threads (graceful shutdown)."""
         self.db_writer.stop(timeout)
+        self.held.close()
         self.journal_writer.stop(timeout)
         self.prober.stop(timeout)
         self.replayer.stop(timeout)

@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 
 from app import create_app
 from app.extensions import db
+from app.ingest import EXTENSION
 from app.models import CallbackEvent, Message
 from tests import pg
 from tests.conftest import CALLBACK_PASSWORD, CALLBACK_USER, basic, make_config
@@ -41,13 +42,17 @@ def pg_app(postgres_server, tmp_path):
 
 
 def _pooled_backends(app) -> list[int]:
-    """Server pids of the connections resting in the app's pool."""
+    """Server pids of the connections resting in the app's pool, and of the one the callback
+    writer keeps for itself."""
     with app.app_context():
         pool = db.engine.pool
         fairies = [db.engine.raw_connection() for _ in range(pool.checkedin())]
         pids = [fairy.dbapi_connection.info.backend_pid for fairy in fairies]
         for fairy in fairies:
             fairy.close()
+    held = app.extensions[EXTENSION].held.fairy
+    if held is not None:
+        pids.append(held.dbapi_connection.info.backend_pid)
     return pids
 
 

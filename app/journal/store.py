@@ -61,6 +61,7 @@ class Journal:
         self.folder = Path(folder)
         self.path = self.folder / "callbacks.sqlite3"
         self.marker = self.folder / "pending"
+        self._marker = str(self.marker)  # os.path on a str: the hot path asks on every callback
         self._lock_path = self.folder / "callbacks.lock"
         self._local = threading.local()
         self._opened = False
@@ -185,7 +186,7 @@ class Journal:
 
     def active(self) -> bool:
         """Entries may be waiting (the marker file exists): one ``stat``."""
-        return self.marker.exists()
+        return os.path.exists(self._marker)
 
     def head(self, limit: int) -> list[tuple[int, Received]]:
         """The oldest entries, in arrival order."""
