@@ -150,6 +150,9 @@ def register_limits(app: Flask) -> None:
 
     @app.before_request
     def refuse_large_bodies():
+        environ = request.environ
+        if "CONTENT_LENGTH" not in environ and "HTTP_TRANSFER_ENCODING" not in environ:
+            return  # no body (a GET callback): nothing to check
         length, limit, what = request.content_length, app.config["MAX_BODY_BYTES"], None
         if length is not None:
             if length > limit:

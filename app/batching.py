@@ -10,10 +10,11 @@ deadline of its own, so a database that hangs cannot keep it from answering: it 
 
 from __future__ import annotations
 
+import _thread
 import logging
 import os
+import queue
 import threading
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -30,11 +31,17 @@ class Pending:
         self.result: Any = None
         self.error: BaseException | None = None
         self.abandoned = False  # the submitter stopped waiting: skip it if not begun
-        self._done = threading.Event()
+        # Held until the writer is done with the item: the cheapest thing to wait on with a
+        # timeout (a threading.Event is a condition variable, a lock and a list of waiters).
+        self._done = _thread.allocate_lock()
+        self._done.acquire()
 
     def wait(self, timeout: float | None) -> bool:
         """True when the writer finished with this item within ``timeout`` seconds."""
-        return self._done.wait(timeout)
+        if not self._done.acquire(timeout=-1 if timeout is None else timeout):
+            return False
+        self._done.release()  # stays free: asking again answers at once
+        return True
 
     def abandon(self) -> None:
         """The submitter gives up waiting; a writer that has not begun the item skips it."""
@@ -42,15 +49,18 @@ class Pending:
 
     def resolve(self, result: Any) -> None:
         self.result = result
-        self._done.set()
+        self._done.release()
 
     def reject(self, error: BaseException) -> None:
         self.error = error
-        self._done.set()
+        self._done.release()
 
     @property
     def done(self) -> bool:
-        return self._done.is_set()
+        return not self._done.locked()
+
+
+_STOP = object()
 
 
 class GroupWriter:
@@ -66,8 +76,8 @@ class GroupWriter:
         self.name = name
         self.commit = commit
         self.max_batch = max_batch
-        self._cond = threading.Condition(threading.Lock())
-        self._queue: deque[Pending] = deque()
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._pid: int | None = None
         self._stopping = False
@@ -75,53 +85,56 @@ class GroupWriter:
     def submit(self, item: Any) -> Pending:
         """Queue ``item`` for the next batch; wait on the returned ``Pending``."""
         pending = Pending(item)
-        with self._cond:
-            if self._stopping:
-                pending.reject(RuntimeError(f"{self.name} is stopping"))
-                return pending
-            if self._pid != os.getpid():
-                self._start()
-            self._queue.append(pending)
-            self._cond.notify()
+        if self._stopping or self._pid != os.getpid():
+            with self._lock:
+                if self._stopping:
+                    pending.reject(RuntimeError(f"{self.name} is stopping"))
+                    return pending
+                if self._pid != os.getpid():
+                    self._start()
+        self._queue.put(pending)
         return pending
 
     def _start(self) -> None:
         # A fresh thread per process: after a fork the parent's thread does not exist here.
-        self._queue.clear()
+        self._queue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
         self._pid = os.getpid()
 
     def _run(self) -> None:
+        take = self._queue.get
+        more = self._queue.get_nowait
         while True:
-            with self._cond:
-                while not self._queue and not self._stopping:
-                    self._cond.wait()
-                if not self._queue:
-                    return
-                count = min(len(self._queue), self.max_batch)
-                batch = [self._queue.popleft() for _ in range(count)]
-            batch = [p for p in batch if not p.abandoned]
-            if not batch:
-                continue
-            try:
-                self.commit(batch)
-            except BaseException as exc:  # the thread must outlive any failure of a batch
-                log.exception("%s: a batch of %d failed", self.name, len(batch))
-                for pending in batch:
-                    if not pending.done:
-                        pending.reject(exc)
+            batch = [take()]
+            try:  # and everything that arrived meanwhile, up to max_batch
+                while len(batch) < self.max_batch:
+                    batch.append(more())
+            except queue.Empty:
+                pass
+            stopping = _STOP in batch
+            batch = [p for p in batch if p is not _STOP and not p.abandoned]
+            if batch:
+                try:
+                    self.commit(batch)
+                except BaseException as exc:  # the thread must outlive any failure of a batch
+                    log.exception("%s: a batch of %d failed", self.name, len(batch))
+                    for pending in batch:
+                        if not pending.done:
+                            pending.reject(exc)
+            if stopping and self._queue.empty():
+                return
 
     def stop(self, timeout: float = 10.0) -> None:
         """Finish what was submitted, then end the thread (graceful shutdown)."""
-        with self._cond:
+        with self._lock:
             self._stopping = True
-            self._cond.notify_all()
             thread = self._thread if self._pid == os.getpid() else None
         if thread is not None:
+            self._queue.put(_STOP)
             thread.join(timeout)
 
     @property
     def backlog(self) -> int:
         """Items waiting for a batch."""
-        return len(self._queue)
+        return self._queue.qsize()

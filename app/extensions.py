@@ -49,6 +49,9 @@ class SessionOnlyWhenSent(SecureCookieSessionInterface):
     the stock interface returns when the cookie is absent."""
 
     def open_session(self, app, request):
-        if self.get_cookie_name(app) not in request.cookies:
+        # No Cookie header at all (every callback): not even the cookies are parsed.
+        if "HTTP_COOKIE" not in request.environ or (
+            self.get_cookie_name(app) not in request.cookies
+        ):
             return self.session_class()
         return super().open_session(app, request)
