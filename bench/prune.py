@@ -2,8 +2,8 @@
 
 A SQLite database holds ``messages`` messages and ``events`` events spread over the last 60
 days (cached under ``bench/.cache/`` like the status-API one, rollups computed), plus recently
-accepted messages whose events make the callback corpus. The relay runs under gunicorn (2 sync
-workers); wrk sends callbacks at a steady paced rate for one window without a prune, then
+accepted messages whose events make the callback corpus. The relay runs under gunicorn with its
+gunicorn.conf.py (2 workers); wrk sends callbacks at a steady paced rate for one window without a prune, then
 ``flask --app wsgi prune --older-than 30d`` starts in its own process and the same window is
 measured while it runs, then one more window after it. Latency ratios are within this run.
 """
@@ -246,7 +246,7 @@ def markdown(result: dict) -> str:
         f"own process while wrk sends callbacks at {p['rate']:g}/s (-t{p['threads']} "
         f"-c{p['connections']}) for {p['window_s']:g} s windows: without the prune, during it "
         f"(the prune covered {pr['window_overlap']:.0%} of that window), and after it. "
-        "gunicorn -w 2 sync, DISPATCH=off.",
+        "The relay under its gunicorn.conf.py (2 workers), DISPATCH=off.",
         "",
         "| figure | without prune | during prune | after prune | during / without | target | |",
         "|---|---:|---:|---:|---:|---|---|",
