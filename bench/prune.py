@@ -2,10 +2,11 @@
 
 A SQLite database holds ``messages`` messages and ``events`` events spread over the last 60
 days (cached under ``bench/.cache/`` like the status-API one, rollups computed), plus recently
-accepted messages whose events make the callback corpus. The relay runs under gunicorn with its
-gunicorn.conf.py (2 workers); wrk sends callbacks at a steady paced rate for one window without a prune, then
-``flask --app wsgi prune --older-than 30d`` starts in its own process and the same window is
-measured while it runs, then one more window after it. Latency ratios are within this run.
+accepted messages whose events make the callback corpus. The relay runs under gunicorn with
+its gunicorn.conf.py (2 workers); wrk sends callbacks at a steady paced rate for one window
+without a prune, then ``flask --app wsgi prune --older-than 30d`` starts in its own process
+and the same window is measured while it runs, then one more window after it. Latency ratios
+are within this run.
 """
 
 from __future__ import annotations
