@@ -63,6 +63,8 @@ class Received:
 
 def storable(value: str) -> str:
     """``value`` with every character no database column can hold replaced by U+FFFD."""
+    if value.isascii():  # the usual case, checked in C: only a NUL can be wrong there
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
     return _UNSTORABLE.sub("\ufffd", value) if _UNSTORABLE.search(value) else value
 
 
