@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -82,6 +83,15 @@ class WebhookDelivery(db.Model):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Each attempt: {at, statusCode, error, latencyMs, nextAttemptAt}; the latest ATTEMPT_LOG.
     attempt_log: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON_NULLABLE)
+
+    @property
+    def attempt_list(self) -> list[dict[str, Any]]:
+        return list(self.attempt_log or [])
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        """The body, parsed: ``{type, timestamp, data}``."""
+        return json.loads(self.body)
 
     __table_args__ = (
         Index("ix_webhook_deliveries_message_endpoint_id", "message_id", "endpoint_id", "id"),
