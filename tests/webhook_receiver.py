@@ -48,6 +48,7 @@ class Arrival:
     """One request the receiver answered (or let time out)."""
 
     msg_id: str
+    path: str
     body: dict
     answer: object  # a status code, or "timeout"
     problem: str | None  # the verification failure, None when authentic
@@ -62,12 +63,12 @@ class Arrival:
 
 
 class Receiver:
-    """``decide(msg_id, nth)`` says how to answer the ``nth`` (1-based) request carrying that
-    ``webhook-id``: a status code, or ``"timeout"`` (no answer until the client gives up).
+    """``decide(msg_id, nth, body)`` says how to answer the ``nth`` (1-based) request carrying
+    that ``webhook-id``: a status code, or ``"timeout"`` (no answer until the client gives up).
     ``down()``/``up()`` close and reopen the listening socket (connection refused between)."""
 
     def __init__(self, decide=None, hang_s: float = 5.0) -> None:
-        self.decide = decide or (lambda msg_id, nth: 200)
+        self.decide = decide or (lambda msg_id, nth, body: 200)
         self.hang_s = hang_s
         self.secret: str | None = None
         self.arrivals: list[Arrival] = []
@@ -100,12 +101,15 @@ class Receiver:
         msg_id = handler.headers.get("webhook-id", "")
         with self.lock:
             nth = 1 + sum(1 for a in self.arrivals if a.msg_id == msg_id)
-            answer = self.decide(msg_id, nth)
-            self.arrivals.append(Arrival(msg_id, json.loads(body), answer, problem))
+            document = json.loads(body)
+            answer = self.decide(msg_id, nth, document)
+            self.arrivals.append(Arrival(msg_id, handler.path, document, answer, problem))
         if answer == "timeout":
             self.stopping.wait(self.hang_s)  # bounded: the test's stop() ends it at once
             return
         handler.send_response(answer)
+        if 300 <= answer < 400:  # a redirect to itself: a client that follows it comes back
+            handler.send_header("Location", self.url + "/moved")
         handler.send_header("Content-Length", "0")
         handler.end_headers()
 
