@@ -39,8 +39,8 @@ def seed(relay) -> int:
             step=8,
             finished_at=now,
             last_attempt_at=now,
-            last_status_code=500,
-            last_error=f"HTTP 500 {XSS}",
+            last_status_code=None,
+            last_error=f"could not connect {XSS}",
         )
         db.session.add(delivery)
         db.session.commit()
