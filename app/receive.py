@@ -123,31 +123,26 @@ _COLUMNS = (
     M.c.accepted_at,
     M.c.final_at,
 )
-# One query finds the message and tells whether an identical event was stored before.
-_BY_ID = (
-    select(*_COLUMNS, _duplicate_of_event().label("dup"))
-    .where(M.c.id == bindparam("key"))
-    .with_for_update()
-)
-_BY_CARRIER_ID = (
-    select(*_COLUMNS, _duplicate_of_event().label("dup"))
-    .where(M.c.carrier_message_id == bindparam("key"))
-    .with_for_update()
-)
+
+
+def _lookup(columns, key):
+    """One query finds the message by ``key`` and tells whether an identical event was
+    stored before; the row is locked (PostgreSQL) until the transaction ends."""
+    return (
+        select(*columns, _duplicate_of_event().label("dup"))
+        .where(key == bindparam("key"))
+        .with_for_update()
+    )
+
+
+_BY_ID = _lookup(_COLUMNS, M.c.id)
+_BY_CARRIER_ID = _lookup(_COLUMNS, M.c.carrier_message_id)
 # While some endpoint subscribes to notifications, the same lookups read every column of the
 # message resource too: the notification's body tells the message as of the change, and the
 # row is being read anyway (no statement more than without subscribers).
 _WIDE = tuple(M.c[name] for name in RESOURCE_COLUMNS)
-_BY_ID_WIDE = (
-    select(*_WIDE, _duplicate_of_event().label("dup"))
-    .where(M.c.id == bindparam("key"))
-    .with_for_update()
-)
-_BY_CARRIER_ID_WIDE = (
-    select(*_WIDE, _duplicate_of_event().label("dup"))
-    .where(M.c.carrier_message_id == bindparam("key"))
-    .with_for_update()
-)
+_BY_ID_WIDE = _lookup(_WIDE, M.c.id)
+_BY_CARRIER_ID_WIDE = _lookup(_WIDE, M.c.carrier_message_id)
 
 
 # Built once, values always passed as parameters: each compiles once per dialect (``Prepared``).
