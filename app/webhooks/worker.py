@@ -182,6 +182,7 @@ class WebhookWorker:
         self.allow_private = bool(config["WEBHOOK_ALLOW_PRIVATE"])
         self.holder = (holder or default_holder())[:80]
         self.threads = threads
+        # 15 s is the contract (DESIGN.md); tests shorten it through the app config only.
         self.timeout = float(config.get("WEBHOOK_TIMEOUT_S") or delivery.TIMEOUT_S)
 
     def _attempt(self, claimed: Claimed) -> delivery.Outcome:
