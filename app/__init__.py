@@ -172,8 +172,11 @@ def register_blueprints(app: Flask) -> None:
     from . import callbacks, dashboard, ops
     from .extensions import api
     from .openapi import document_other_routes
+    from .webhooks import api as webhook_views
+    from .webhooks import pages  # noqa: F401  (its views join the dashboard's blueprint)
 
     api.register_blueprint(api_views.bp)
+    api.register_blueprint(webhook_views.bp)
     app.register_blueprint(callbacks.bp)
     app.register_blueprint(dashboard.bp)
     app.register_blueprint(ops.bp)

@@ -69,7 +69,8 @@ def require_bearer():
 # ---------------------------------------------------------------- send
 
 
-def _read_body():
+def read_json():
+    """The request's JSON body: 415 unless labelled JSON, 400 unless it parses."""
     if not request.is_json:
         raise ApiError(
             415,
@@ -134,7 +135,7 @@ def _replay(row: IdempotencyKey, request_hash: str):
 @bp.errors(400, 403, 415, 422)
 def send_messages():
     """Queue messages for sending through Catapult; the relay owns the callback URLs."""
-    body = _read_body()
+    body = read_json()
     key = _idempotency_key()
     request_hash = hashlib.sha256(request.get_data(cache=True)).hexdigest()
     if key is not None:

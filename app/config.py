@@ -44,6 +44,31 @@ def _int(env, name, default, errors, minimum=0, maximum=None):
     return value
 
 
+DEFAULT_WEBHOOK_RETRY_SCHEDULE = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
+
+
+def _schedule(env, name, errors) -> tuple[int, ...]:
+    """Seconds before each attempt of a notification, comma-separated (the first usually 0):
+    its length is the number of attempts before a delivery is marked failed."""
+    raw = env.get(name)
+    if raw in (None, ""):
+        return DEFAULT_WEBHOOK_RETRY_SCHEDULE
+    parts = [p.strip() for p in raw.split(",")]
+    if not all(p.isascii() and p.isdigit() for p in parts) or len(parts) > 100:
+        errors.append(
+            f"{name} must be up to 100 whole numbers of seconds, comma-separated, got {raw!r}"
+        )
+        return DEFAULT_WEBHOOK_RETRY_SCHEDULE
+    return tuple(int(p) for p in parts)
+
+
+def _flag(env, name, errors) -> bool:
+    raw = (env.get(name) or "0").strip().lower()
+    if raw not in ("0", "1", "true", "false"):
+        errors.append(f"{name} must be 1 or 0, got {raw!r}")
+    return raw in ("1", "true")
+
+
 def _float(env, name, default, errors):
     raw = env.get(name)
     if raw in (None, ""):
@@ -187,5 +212,9 @@ def load_settings(env: dict | None = None, instance_path: str | None = None) -> 
         # a batch of 50 messages of 2048 characters, JSON-escaped, some hundreds of KB.
         "MAX_BODY_BYTES": _int(env, "MAX_BODY_BYTES", 1 << 20, errors, 1024),
         "CALLBACK_MAX_BODY_BYTES": _int(env, "CALLBACK_MAX_BODY_BYTES", 64 << 10, errors, 1024),
+        # Onward notifications: the seconds before each attempt, and whether endpoints may be
+        # on loopback or private addresses (tests and local runs only: SSRF otherwise).
+        "WEBHOOK_RETRY_SCHEDULE": _schedule(env, "WEBHOOK_RETRY_SCHEDULE", errors),
+        "WEBHOOK_ALLOW_PRIVATE": _flag(env, "WEBHOOK_ALLOW_PRIVATE", errors),
     }
     return Settings(values=values, errors=errors, generated=generated)

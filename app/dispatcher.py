@@ -38,6 +38,7 @@ from .lease import LEASE_POLL, LEASE_TTL, DbLease, default_holder
 from .metrics import SENDS
 from .models import Message, utcnow
 from .pacing import RATE_LIMIT_PAUSE, Pacer
+from .webhooks.outbox import subscriptions
 
 log = logging.getLogger(__name__)
 
@@ -251,21 +252,12 @@ class Dispatcher:
     def _release_own_claims(self, session: Session, now_w: datetime) -> None:
         """Rows still ``sending`` under our name come from a failed iteration (the loop is
         single-threaded): the request may have gone, so ``unknown``, never ``queued``."""
-        session.execute(
-            update(Message)
-            .where(Message.status == "sending", Message.claimed_by == self.holder)
-            .values(
-                status="unknown",
-                claimed_by=None,
-                updated_at=now_w,
-                error={
-                    "category": "unavailable",
-                    "code": "dispatcher-error",
-                    "message": "The dispatcher failed while sending; outcome unknown.",
-                },
-            )
-            .execution_options(synchronize_session=False)
-        )
+        error = {
+            "category": "unavailable",
+            "code": "dispatcher-error",
+            "message": "The dispatcher failed while sending; outcome unknown.",
+        }
+        messaging.release_claims(session, Message.claimed_by == self.holder, error, now_w)
         self._dirty = False
 
     # ------------------------------------------------------------------ claim + pace
@@ -378,6 +370,7 @@ class Dispatcher:
         with Session(self.engine) as session:
             try:
                 messaging.lock_for_write(session)
+                subscriptions(session)  # before the row locks (``webhooks.outbox``)
                 stmt = select(Message).where(Message.id.in_(ids))
                 if self.engine.dialect.name != "sqlite":
                     stmt = stmt.with_for_update()

@@ -33,6 +33,7 @@ from .metrics import JOURNAL_WRITTEN
 from .models import CallbackEvent, Message
 from .rawsql import RawTx
 from .receive import CARRIER_ID_LOCK, StoredEvent, carrier_id_lock_key, store_event
+from .webhooks import outbox
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,8 @@ def apply_events(
         try:
             with held.transaction() if held else write_transaction(engine) as dbapi:
                 tx = RawTx(dbapi, engine.dialect)
+                # The batch's webhook subscriptions: one read, before any row lock.
+                outbox.prepare(tx)
                 if len(events) > 1 and engine.dialect.name == "postgresql":
                     _lock_in_order(tx, payloads)
                 results: list[StoredEvent | None] = []

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .catapult import redact_credentials, redact_message
@@ -28,6 +28,7 @@ from .receive import (  # noqa: F401  (the receive side, re-exported for callers
     lock_message,
     store_event,
 )
+from .webhooks.outbox import emit_message, subscriptions
 
 OUTBOUND_STATES = ("queued", "sending", "sent", "error")
 
@@ -96,9 +97,11 @@ def record_accepted(session, message, carrier_id, request=None, response=None, n
     if message.accepted_at is None:
         message.accepted_at = now
     # An event tagged with our id may have arrived first and moved the message further on.
-    _advance(message, "accepted")
+    advanced = _advance(message, "accepted")
     _set_receipt_seconds(message)
     message.updated_at = now
+    if advanced:
+        emit_message(session, message, now)  # before the parked events' own changes
     session.flush()
     if attach_parked(session, message.id, message.carrier_message_id, now):
         session.expire(message)  # the parked events changed the row underneath
@@ -116,10 +119,13 @@ def record_rejected(session, message, error, request=None, response=None, now=No
     """The carrier refused the send (a definite 4xx): final, with the carrier's error."""
     now = now or utcnow()
     _exchange(message, request, response, error)
-    if STATUS_RANK[message.status] <= STATUS_RANK["sending"]:
+    rejected = STATUS_RANK[message.status] <= STATUS_RANK["sending"]
+    if rejected:
         message.status = "rejected"
         message.final_at = now
     message.updated_at = now
+    if rejected:
+        emit_message(session, message, now)
 
 
 def record_retry(session, message, retry_at, error=None, request=None, response=None, now=None):
@@ -137,9 +143,12 @@ def record_unknown(session, message, error, request=None, response=None, now=Non
     event carrying our tag, or a reconcile, settles it."""
     now = now or utcnow()
     _exchange(message, request, response, error)
-    if message.status == "sending":
+    unknown = message.status == "sending"
+    if unknown:
         message.status = "unknown"
     message.updated_at = now
+    if unknown:
+        emit_message(session, message, now)
 
 
 # ---------------------------------------------------------------- reconcile
@@ -174,19 +183,26 @@ def record_reconcile(session: Session, message: Message, resource: dict, now=Non
 
 def release_stale_claims(session: Session, holder: str, now=None) -> int:
     """Rows left ``sending`` by a dispatcher that died: they may have gone, so ``unknown``."""
+    error = {
+        "category": "unavailable",
+        "code": "dispatcher-lost",
+        "message": "The dispatcher stopped while sending; outcome unknown.",
+    }
+    return release_claims(session, Message.claimed_by != holder, error, now)
+
+
+def release_claims(session: Session, claimed, error: dict, now=None) -> int:
+    """``sending`` rows matching ``claimed`` become ``unknown`` with ``error``, each change
+    notified (row by row: they are at most a few carrier batches)."""
     now = now or utcnow()
-    result = session.execute(
-        update(Message)
-        .where(Message.status == "sending", Message.claimed_by != holder)
-        .values(
-            status="unknown",
-            claimed_by=None,
-            updated_at=now,
-            error={
-                "category": "unavailable",
-                "code": "dispatcher-lost",
-                "message": "The dispatcher stopped while sending; outcome unknown.",
-            },
-        )
-    )
-    return result.rowcount
+    subscriptions(session)  # before the row locks (``webhooks.outbox``)
+    stmt = select(Message).where(Message.status == "sending", claimed)
+    if session.get_bind().dialect.name != "sqlite":
+        stmt = stmt.with_for_update()
+    messages = session.scalars(stmt).all()
+    for message in messages:
+        message.status, message.claimed_by, message.updated_at = "unknown", None, now
+        message.error = error
+        emit_message(session, message, now)
+    session.flush()
+    return len(messages)

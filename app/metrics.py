@@ -25,6 +25,13 @@ JOURNAL_REPLAYED = Counter(
     "relay_journal_replayed_total", "Journaled callbacks applied to the database"
 )
 
+WEBHOOK_ATTEMPTS = Counter(
+    "relay_webhook_attempts_total",
+    "Webhook delivery attempts by outcome (succeeded, retry: failed and due again, failed: the "
+    "schedule ran out)",
+    ["outcome"],
+)
+
 
 class JournalCollector:
     """The journal's depth, oldest entry and set-aside entries, read when scraped (the journal
@@ -56,6 +63,7 @@ def init_metrics(app: Flask) -> None:
     """Expose ``GET /metrics`` in the Prometheus text format."""
 
     def metrics_view():
+        from .extensions import db
         from .ingest import EXTENSION
 
         ingest = current_app.extensions.get(EXTENSION)
@@ -71,9 +79,34 @@ def init_metrics(app: Flask) -> None:
             registry.register(_Everything(REGISTRY))
         if ingest is not None:
             registry.register(JournalCollector(ingest.journal))
+        registry.register(WebhookCollector(db.engine))
         return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
     app.add_url_rule("/metrics", "metrics", metrics_view, methods=["GET"])
+
+
+class WebhookCollector:
+    """Deliveries waiting (pending, due or not) and the age of the oldest, read from the
+    database when scraped (shared by every process: one reading, not a sum)."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+
+    def collect(self):
+        from .webhooks.worker import queue_depth
+
+        try:
+            depth, oldest = queue_depth(self.engine)
+        except Exception:  # the database is down: NaN, not a failed scrape
+            depth, oldest = float("nan"), float("nan")
+        yield GaugeMetricFamily(
+            "relay_webhook_queue_depth", "Webhook deliveries pending", value=depth
+        )
+        yield GaugeMetricFamily(
+            "relay_webhook_oldest_pending_age_seconds",
+            "Age of the oldest pending webhook delivery, from its status change (0 when none)",
+            value=oldest,
+        )
 
 
 class _Everything:

@@ -98,14 +98,16 @@ class RawTx:
     """A DBAPI connection inside a write transaction, and its dialect's prepared statements.
 
     ``statements`` counts the statements that completed: while it is 0 the server has done
-    nothing for this transaction."""
+    nothing for this transaction. ``webhooks``: the transaction's webhook subscriptions,
+    once read (``webhooks.outbox``)."""
 
-    __slots__ = ("cursor", "dialect", "statements", "_key")
+    __slots__ = ("cursor", "dialect", "statements", "webhooks", "_key")
 
     def __init__(self, dbapi_connection, dialect: Dialect):
         self.cursor = dbapi_connection.cursor()
         self.dialect = dialect
         self.statements = 0
+        self.webhooks = None
         self._key = (dialect.name, dialect.driver, dialect.paramstyle)
 
     def prepared(self, statement: Executable, keys: tuple[str, ...] | None = None) -> Prepared:

@@ -28,6 +28,7 @@ from .events import event_columns, event_status, integer, parse_media, parse_raw
 from .ids import is_carrier_id, new_id
 from .models import STATUS_RANK, CallbackEvent, Message, utcnow
 from .rawsql import RawTx
+from .webhooks.outbox import RESOURCE_COLUMNS, emit, subscriptions
 
 M = Message.__table__
 E = CallbackEvent.__table__
@@ -122,17 +123,26 @@ _COLUMNS = (
     M.c.accepted_at,
     M.c.final_at,
 )
-# One query finds the message and tells whether an identical event was stored before.
-_BY_ID = (
-    select(*_COLUMNS, _duplicate_of_event().label("dup"))
-    .where(M.c.id == bindparam("key"))
-    .with_for_update()
-)
-_BY_CARRIER_ID = (
-    select(*_COLUMNS, _duplicate_of_event().label("dup"))
-    .where(M.c.carrier_message_id == bindparam("key"))
-    .with_for_update()
-)
+
+
+def _lookup(columns, key):
+    """One query finds the message by ``key`` and tells whether an identical event was
+    stored before; the row is locked (PostgreSQL) until the transaction ends."""
+    return (
+        select(*columns, _duplicate_of_event().label("dup"))
+        .where(key == bindparam("key"))
+        .with_for_update()
+    )
+
+
+_BY_ID = _lookup(_COLUMNS, M.c.id)
+_BY_CARRIER_ID = _lookup(_COLUMNS, M.c.carrier_message_id)
+# While some endpoint subscribes to notifications, the same lookups read every column of the
+# message resource too: the notification's body tells the message as of the change, and the
+# row is being read anyway (no statement more than without subscribers).
+_WIDE = tuple(M.c[name] for name in RESOURCE_COLUMNS)
+_BY_ID_WIDE = _lookup(_WIDE, M.c.id)
+_BY_CARRIER_ID_WIDE = _lookup(_WIDE, M.c.carrier_message_id)
 
 
 # Built once, values always passed as parameters: each compiles once per dialect (``Prepared``).
@@ -144,8 +154,10 @@ _UPDATE_EVENT = update(E).where(E.c.id == bindparam("_id"))
 _ID_BY_CARRIER_ID = select(M.c.id).where(M.c.carrier_message_id == bindparam("key"))
 
 
-def _find(tx: RawTx, event: dict):
-    """``tag`` → relay id first (works before the carrier id is recorded), then carrier id."""
+def _find(tx: RawTx, event: dict, wide: bool = False):
+    """``tag`` → relay id first (works before the carrier id is recorded), then carrier id;
+    ``wide``: with every column of the message resource."""
+    by_id, by_carrier_id = (_BY_ID_WIDE, _BY_CARRIER_ID_WIDE) if wide else (_BY_ID, _BY_CARRIER_ID)
     params = {
         "d_state": event.get("state"),
         "d_delivery_state": event.get("delivery_state"),
@@ -153,18 +165,18 @@ def _find(tx: RawTx, event: dict):
     }
     tag = event.get("tag")
     if tag and not is_carrier_id(tag):
-        row = tx.first(_BY_ID, {"key": tag, **params})
+        row = tx.first(by_id, {"key": tag, **params})
         if row is not None and row.direction == "out":
             return row
     carrier_id = event.get("carrier_message_id")
     if not carrier_id:
         return None
-    row = tx.first(_BY_CARRIER_ID, {"key": carrier_id, **params})
+    row = tx.first(by_carrier_id, {"key": carrier_id, **params})
     if row is None and tx.dialect.name == "postgresql":
         # About to be parked: look once more, under the carrier id's lock, in case a send
         # response is recording this id right now (``lock_carrier_id``).
         lock_carrier_id(tx, carrier_id)
-        row = tx.first(_BY_CARRIER_ID, {"key": carrier_id, **params})
+        row = tx.first(by_carrier_id, {"key": carrier_id, **params})
     return row
 
 
@@ -256,6 +268,9 @@ def store_event(
     same request twice fails instead of storing it twice."""
     now = now or utcnow()
     tx = RawTx.of(target)
+    # Read once per transaction (the batch's first event); kept on ``tx`` for ``emit``.
+    tx.webhooks = subscriptions(target, tx)
+    notify = bool(tx.webhooks)
     if payload is _FROM_RAW:
         payload = parse_raw(method, raw)
     event = event_columns(payload)
@@ -290,7 +305,7 @@ def store_event(
         if event["direction"] == "in" or event["state"] == "received":
             decision = _store_inbound(tx, row, payload, now)
         else:
-            message = _find(tx, event)
+            message = _find(tx, event, wide=notify)
             if message is None:
                 # Raced the send's response (or not ours yet): parked until its carrier id
                 # is known (``attach_parked``), then applied in arrival order.
@@ -327,6 +342,9 @@ def _apply(tx: RawTx, message, row: dict, payload: dict, now) -> Decision:
     if changes:
         changes.setdefault("updated_at", now)
         tx.run(_UPDATE_MESSAGE, {"_id": message.id, **changes})
+    if decision.applied and decision.status != message.status:
+        # In the same transaction as the UPDATE (the outbox); nothing when nobody subscribes.
+        emit(tx, decision.status, {**message, **changes}, now, tx)
     return decision
 
 
@@ -340,30 +358,35 @@ def _store_inbound(tx: RawTx, row: dict, payload: dict, now) -> Decision:
             row["message_id"] = known.id
             return Decision(duplicate=True)
     message_id = new_id()
-    tx.run(
-        _INSERT_MESSAGE,
-        dict(
-            id=message_id,
-            direction="in",
-            status="received",
-            state="received",
-            from_number=text(payload.get("from"), _NUMBER_LIMIT) or "",
-            to_number=text(payload.get("to"), _NUMBER_LIMIT) or "",
-            text=storable(body) if isinstance(body := payload.get("text"), str) else None,
-            media=parse_media(payload.get("media")),
-            carrier_message_id=carrier_id,
-            segment_count=integer(payload.get("segmentCount")),
-            callback_http_method=row["method"],
-            created_at=row["received_at"],
-            updated_at=now,
-            accepted_at=row["received_at"],
-            final_at=row["received_at"],
-            attempts=0,
-            code_mismatch=False,
-        ),
+    values = dict(
+        id=message_id,
+        direction="in",
+        status="received",
+        state="received",
+        from_number=text(payload.get("from"), _NUMBER_LIMIT) or "",
+        to_number=text(payload.get("to"), _NUMBER_LIMIT) or "",
+        text=storable(body) if isinstance(body := payload.get("text"), str) else None,
+        media=parse_media(payload.get("media")),
+        carrier_message_id=carrier_id,
+        segment_count=integer(payload.get("segmentCount")),
+        callback_http_method=row["method"],
+        created_at=row["received_at"],
+        updated_at=now,
+        accepted_at=row["received_at"],
+        final_at=row["received_at"],
+        attempts=0,
+        code_mismatch=False,
     )
+    tx.run(_INSERT_MESSAGE, values)
     row["message_id"] = message_id
+    emit(tx, "received", _INBOUND_DEFAULTS | values, now, tx)
     return Decision(status="received", applied=True)
+
+
+# The resource columns an inbound message is inserted without.
+_INBOUND_DEFAULTS = dict.fromkeys(
+    ("tag", "receipt_requested", "delivery_state", "delivery_code", "delivery_description", "error")
+)
 
 
 # ---------------------------------------------------------------- parked events
@@ -375,6 +398,7 @@ def attach_parked(session: Session, message_id: str, carrier_id: str | None, now
         return 0
     conn = session.connection()
     tx = RawTx.of(session)
+    tx.webhooks = subscriptions(session, tx)  # before the row locks (``webhooks.outbox``)
     lock_message(tx, message_id)
     lock_carrier_id(tx, carrier_id)
     parked = conn.execute(
@@ -398,7 +422,8 @@ def attach_parked(session: Session, message_id: str, carrier_id: str | None, now
             "d_delivery_state": event.delivery_state,
             "d_delivery_code": event.delivery_code,
         }
-        message = tx.first(_BY_ID, {"key": message_id, **params})
+        by_id = _BY_ID_WIDE if tx.webhooks else _BY_ID
+        message = tx.first(by_id, {"key": message_id, **params})
         row = dict(event._mapping)
         decision = _apply(tx, message, row, parse_raw(event.method, event.raw) or {}, now)
         flags = {"message_id": message_id, "attached_at": now}
@@ -417,4 +442,6 @@ def attach_parked_sweep(session: Session, limit: int = 500) -> int:
         .distinct()
         .limit(limit)
     ).all()
+    if pairs:
+        subscriptions(session)  # before any message row lock (``webhooks.outbox``)
     return sum(attach_parked(session, message_id, carrier_id) for message_id, carrier_id in pairs)

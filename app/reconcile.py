@@ -12,6 +12,7 @@ from . import messaging
 from .errors import ApiError
 from .ids import is_carrier_id
 from .models import Message, utcnow
+from .webhooks.outbox import subscriptions
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ def reconcile(session: Session, client, message_id: str) -> Message:
             502, "unavailable", "carrier-error", f"The carrier did not answer: {exc}"
         ) from None
     messaging.lock_for_write(session)
+    subscriptions(session)  # before the row lock (``webhooks.outbox``)
     message = find_message(session, message_id, for_update=True)
     messaging.record_reconcile(session, message, resource)
     return message
@@ -143,6 +145,7 @@ def reconcile_stale(
             resource = None
         with Session(engine) as session:
             messaging.lock_for_write(session)
+            subscriptions(session)  # before the row lock (``webhooks.outbox``)
             # Locked (PostgreSQL): a callback may move it while the answer is recorded.
             message = session.get(Message, message_id, with_for_update=True)
             if resource is not None:

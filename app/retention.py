@@ -1,9 +1,11 @@
 """Retention: delete old callback events and old final messages, in small batches.
 
 What goes: messages in a final status (``FINAL_STATUSES``) whose last change, and every event,
-is older than the cutoff, together with those events; and events that never matched a message
-(parked, unknown ids, unparseable) received before the cutoff. A message short of a final
-status stays, with all its events, however old.
+is older than the cutoff, together with those events and their webhook deliveries; events
+that never matched a message (parked, unknown ids, unparseable) received before the cutoff;
+and webhook deliveries that finished (succeeded, or failed for good) before the cutoff. A
+message short of a final status stays, with all its events, however old, and so does a
+message with a delivery still pending (it is still being told).
 
 How: a read that takes no lock walks the messages in id order (ids sort by creation, so the
 old ones come first) and picks candidates; then each batch is one short write transaction
@@ -31,8 +33,10 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from . import rollups
+from .db_setup import lock_for_write
 from .lease import db_now
 from .models import FINAL_STATUSES, CallbackEvent, Message, RollupState
+from .webhooks.models import WebhookDelivery
 
 BATCH_SIZE = 500  # the most messages (or unmatched events) one batch looks at
 FIRST_BATCH = 10  # where the adaptive size starts (it grows while batches are quick)
@@ -78,7 +82,7 @@ class Pruner:
         self.postgres = engine.dialect.name != "sqlite"
         self.cutoff: datetime | None = None
         self.last_id: str | None = None
-        self.phase = "messages"  # then "events" (the unmatched ones)
+        self.phase = "messages"  # then "events" (the unmatched ones), then "deliveries"
         self.after: str | int | None = None  # the last id the read walked past
         self.pending: list = []  # ids read that look prunable, not yet tried
         self.deleted: Counter = Counter()
@@ -89,8 +93,9 @@ class Pruner:
     def summary(self) -> str:
         verb = "would delete" if self.dry_run else "deleted"
         return (
-            f"{verb} {self.deleted['messages']:,} messages and {self.deleted['events']:,} "
-            f"events older than {self.cutoff:%Y-%m-%d %H:%M:%S} UTC "
+            f"{verb} {self.deleted['messages']:,} messages, {self.deleted['events']:,} "
+            f"events and {self.deleted['deliveries']:,} webhook deliveries older than "
+            f"{self.cutoff:%Y-%m-%d %H:%M:%S} UTC "
             f"({self.batches} batches, {self.scanned:,} rows looked at)"
         )
 
@@ -102,14 +107,20 @@ class Pruner:
             self._start()
         if not self.pending:
             # A read window of ``batch_size`` rows (no lock), then deletes in adaptive chunks.
-            read = self._read_messages if self.phase == "messages" else self._read_events
+            read = {
+                "messages": self._read_messages,
+                "events": self._read_events,
+                "deliveries": self._read_deliveries,
+            }[self.phase]
             self.pending = read()
             if not self.pending:
                 return 0
         chunk, self.pending = self.pending[: self.size], self.pending[self.size :]
         if self.phase == "messages":
             return self._delete_messages(chunk)
-        return self._delete_events(chunk)
+        if self.phase == "events":
+            return self._delete_events(chunk)
+        return self._delete_deliveries(chunk)
 
     def _start(self) -> None:
         self.cutoff = database_time(self.engine) - self.older_than
@@ -149,6 +160,9 @@ class Pruner:
             recent = exists().where(
                 CallbackEvent.message_id == Message.id, CallbackEvent.received_at >= horizon
             )
+            telling = exists().where(
+                WebhookDelivery.message_id == Message.id, WebhookDelivery.status == "pending"
+            )
             stmt = select(
                 Message.id, Message.created_at, Message.status, Message.receipt_seconds
             ).where(
@@ -157,6 +171,7 @@ class Pruner:
                 Message.updated_at < horizon,
                 Message.created_at < horizon,
                 ~recent,
+                ~telling,
             )
             if self.postgres and not self.dry_run:
                 stmt = stmt.with_for_update(skip_locked=True, of=Message)
@@ -178,14 +193,20 @@ class Pruner:
                 pruned.message(m.created_at, m.status, m.receipt_seconds)
             for e in events:
                 pruned.event(e.received_at, e.via, e._asdict(), matched=True)
+            deliveries = session.scalar(
+                select(func.count())
+                .select_from(WebhookDelivery)
+                .where(WebhookDelivery.message_id.in_(doomed_ids))
+            )
             self._commit(
                 session,
                 pruned,
                 delete(CallbackEvent).where(CallbackEvent.message_id.in_(doomed_ids)),
+                delete(WebhookDelivery).where(WebhookDelivery.message_id.in_(doomed_ids)),
                 delete(Message).where(Message.id.in_(doomed_ids)),
             )
-        self.deleted.update(messages=len(doomed), events=len(events))
-        return len(doomed) + len(events)
+        self.deleted.update(messages=len(doomed), events=len(events), deliveries=deliveries)
+        return len(doomed) + len(events) + deliveries
 
     # ------------------------------------------------------------------ unmatched events
 
@@ -199,7 +220,7 @@ class Pruner:
                 stmt = stmt.where(CallbackEvent.id > self.after)
             rows = session.execute(stmt.order_by(CallbackEvent.id).limit(self.batch_size)).all()
         if not rows:
-            self.done = True
+            self.phase, self.after = "deliveries", None
             return []
         self.after = rows[-1].id
         self.scanned += len(rows)
@@ -234,6 +255,43 @@ class Pruner:
             self._commit(session, pruned, delete(CallbackEvent).where(CallbackEvent.id.in_(gone)))
         self.deleted.update(events=len(doomed))
         return len(doomed)
+
+    # ------------------------------------------------------------------ webhook deliveries
+
+    def _read_deliveries(self) -> list[int]:
+        """The next window of deliveries in id order: the ids of those finished long ago."""
+        with Session(self.engine) as session:
+            stmt = select(WebhookDelivery.id, WebhookDelivery.finished_at)
+            if self.after is not None:
+                stmt = stmt.where(WebhookDelivery.id > self.after)
+            rows = session.execute(stmt.order_by(WebhookDelivery.id).limit(self.batch_size)).all()
+        if not rows:
+            self.done = True
+            return []
+        self.after = rows[-1].id
+        self.scanned += len(rows)
+        return [r.id for r in rows if r.finished_at is not None and r.finished_at < self.cutoff]
+
+    def _delete_deliveries(self, ids: list[int]) -> int:
+        with Session(self.engine) as session:
+            if not self.dry_run:
+                lock_for_write(session)
+            self._locked_at = time.monotonic()
+            finished = (
+                WebhookDelivery.id.in_(ids),
+                WebhookDelivery.status != "pending",  # replayed meanwhile: it stays
+                WebhookDelivery.finished_at < self.cutoff,
+            )
+            stmt = select(WebhookDelivery.id).where(*finished)
+            if self.postgres and not self.dry_run:
+                stmt = stmt.with_for_update(skip_locked=True)
+            gone = list(session.scalars(stmt))
+            if not gone:
+                return 0
+            statement = delete(WebhookDelivery).where(WebhookDelivery.id.in_(gone))
+            self._commit(session, rollups.Pruned(), statement)
+        self.deleted.update(deliveries=len(gone))
+        return len(gone)
 
     # ------------------------------------------------------------------ shared
 

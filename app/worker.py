@@ -1,5 +1,7 @@
 """The worker role: the dispatcher in its own process (``flask --app wsgi dispatch``) or as a
-thread of each serving process (``DISPATCH=inline``); the lease keeps one of them active."""
+thread of each serving process (``DISPATCH=inline``); the lease keeps one of them active.
+Each of them also runs a webhook delivery worker (``webhooks.worker``): all of those are
+active at once, each claiming rows of its own."""
 
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ from flask import Flask, current_app
 from flask.cli import with_appcontext
 
 from .dispatcher import Dispatcher
+from .extensions import db
 from .ingest import EXTENSION as INGEST
+from .webhooks.worker import WorkerThread
 
 
 class InlineDispatcher:
@@ -28,6 +32,7 @@ class InlineDispatcher:
         self.thread: threading.Thread | None = None
         self.stop_event = threading.Event()
         self.dispatcher: Dispatcher | None = None
+        self.webhooks: WorkerThread | None = None
 
     def ensure_started(self) -> None:
         """``before_request`` hook: start this process's thread once (cheap after that)."""
@@ -46,6 +51,7 @@ class InlineDispatcher:
                 daemon=True,
             )
             self.thread.start()
+            self.webhooks = webhook_worker(self.app).start()
             self._pid = os.getpid()
             atexit.register(self.stop)
 
@@ -53,8 +59,18 @@ class InlineDispatcher:
         """Stop the thread: it finishes (and records) an in-flight request, then lets go of
         the lease so a standby takes over at once."""
         self.stop_event.set()
+        if self.webhooks is not None and self._pid == os.getpid():
+            self.webhooks.stop_event.set()  # both stop at once, then each is waited for
+            self.webhooks.stop(timeout)
         if self.thread is not None and self._pid == os.getpid():
             self.thread.join(timeout)
+
+
+def webhook_worker(app: Flask) -> WorkerThread:
+    """This process's webhook delivery worker (not started yet)."""
+    with app.app_context():
+        engine = db.engine
+    return WorkerThread(engine, app.config)
 
 
 def _serving_process() -> bool:
@@ -107,9 +123,11 @@ def dispatch_command(once: bool) -> None:
     # even while none of them runs (the worker shares JOURNAL_DIR when it shares the host).
     ingest = app.extensions[INGEST]
     ingest.start()
+    webhooks = webhook_worker(app).start()
     try:
         dispatcher.run_forever(stop)
     finally:
+        webhooks.stop()
         ingest.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

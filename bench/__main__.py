@@ -51,7 +51,8 @@ def _machine_markdown(info: dict, args: argparse.Namespace, seconds: float) -> s
         ("commit", info["commit"] or "-"),
         (
             "run",
-            f"`python -m bench {args.which}{' --quick' if args.quick else ''}` "
+            f"`python -m bench {args.which}{' --quick' if args.quick else ''}"
+            f"{' --webhook' if args.webhook else ''}` "
             f"in {seconds / 60:.1f} min",
         ),
     ]
@@ -75,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         help="seed the status-API database again even if a cached one is fresh",
     )
     parser.add_argument(
+        "--webhook",
+        action="store_true",
+        help="ingest: with a webhook endpoint subscribed to every event (the outbox's cost)",
+    )
+    parser.add_argument(
         "--keep", action="store_true", help="keep the work folder (server logs, databases, corpora)"
     )
     args = parser.parse_args(argv)
@@ -93,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             _log(f"bench: {name} ...")
             if name == "ingest":
-                results[name] = ingest.run(wrk, workdir, args.quick, log=_log)
+                results[name] = ingest.run(wrk, workdir, args.quick, log=_log, webhook=args.webhook)
             elif name == "ingest-pg":
                 results[name] = ingest.run_pg(wrk, workdir, args.quick, log=_log)
             elif name == "api":
@@ -136,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
     )
     stem = ("quick" if args.quick else "latest") + ("" if args.which == "all" else f"-{args.which}")
+    stem += "-webhook" if args.webhook else ""
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{stem}.md").write_text(text)
     (RESULTS / f"{stem}.json").write_text(

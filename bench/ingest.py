@@ -139,11 +139,31 @@ def start_relay(
     return Gunicorn(name, "wsgi:app", env, workdir, sock, mode=mode)
 
 
-def run(wrk: str, workdir: Path, quick: bool = False, log=print) -> dict:
+def subscribe(database: Path) -> None:
+    """One enabled webhook endpoint subscribed to every event: each status change the
+    callbacks make then writes its outbox row (no worker runs here: ``DISPATCH=off``, so
+    the rows stay pending and only the callback path's cost is measured)."""
+    con = sqlite3.connect(database)
+    try:
+        con.execute(
+            "INSERT INTO webhook_endpoints (id, url, description, events, secret, enabled, "
+            "created_at, updated_at) VALUES ('wh-bench', 'https://93.184.215.14/hook', "
+            "'bench', '[\"*\"]', 'whsec_AAAA', 1, '2026-01-01 00:00:00.000000', "
+            "'2026-01-01 00:00:00.000000')"
+        )
+        con.commit()
+    finally:
+        con.close()
+
+
+def run(wrk: str, workdir: Path, quick: bool = False, log=print, webhook: bool = False) -> dict:
     """SQLite: seed, both servers, alternating rounds, 500/s, memory, then the in-process
-    decomposition (floor.py)."""
+    decomposition (floor.py). ``webhook``: with an endpoint subscribed to every event."""
     params = QUICK if quick else Params()
     database, corpus = prepare(workdir, params.messages, log)
+    if webhook:
+        subscribe(database)
+        log("ingest: a webhook endpoint subscribed to every event")
     pristine = workdir / "ingest-pristine.sqlite3"
     shutil.copyfile(database, pristine)  # for the in-process decomposition at the end
     result = measure(
@@ -156,6 +176,7 @@ def run(wrk: str, workdir: Path, quick: bool = False, log=print) -> dict:
         log=lambda message: log(f"ingest: {message}"),
     )
     result["event_mix"] = _event_mix(database, result.pop("first_id"))
+    result["webhook_deliveries"] = seed.count(database, "webhook_deliveries")
     log("ingest: one callback at a time, in process ...")
     result["layers"] = floor.measure(pristine, corpus, workdir, params.floor_count)
     return result
@@ -529,7 +550,13 @@ def _tables(result: dict, heading: str, note: str, target: float) -> list[str]:
         "",
         f"Relay events stored in the measured runs: {mix['events']:,} "
         f"(applied {mix['applied']:,}, duplicate {mix['duplicate']:,}, late {mix['late']:,}, "
-        f"parked {mix['parked']:,}, unparseable {mix['unparseable']:,}; GET {mix['get']:,}).",
+        f"parked {mix['parked']:,}, unparseable {mix['unparseable']:,}; GET {mix['get']:,})."
+        + (
+            f" Webhook outbox rows written (one endpoint subscribed to every event): "
+            f"{result['webhook_deliveries']:,}."
+            if result.get("webhook_deliveries")
+            else ""
+        ),
     ]
     return out
 

@@ -323,3 +323,67 @@ def test_the_lease_holder_prunes_once_a_day(make_app, monkeypatch):
     clock.advance(86400)
     holder.run_once()
     assert len(runs) == 2
+
+
+def test_prune_takes_finished_deliveries_and_keeps_messages_still_being_told(app):
+    from app.webhooks.models import WebhookDelivery, WebhookEndpoint
+
+    seeded = seed(app)
+    refresh_all(app)
+    cutoff = seeded["now"] - KEEP
+    old = cutoff - timedelta(hours=1)
+    with app.app_context():
+        final = db.session.scalars(
+            select(Message).where(Message.id.in_(seeded["final"]), Message.updated_at < old)
+        ).all()
+        told, telling = final[0].id, final[1].id
+        waiting = seeded["waiting"][-1]  # never final: stays, its old finished delivery goes
+        db.session.add(
+            WebhookEndpoint(
+                id="wh-test",
+                url="https://x.example/",
+                events=["*"],
+                secret="whsec_AAAA",
+                enabled=True,
+            )
+        )
+        db.session.flush()  # (no relationship tells the unit of work to insert it first)
+        for n, (message_id, status, finished) in enumerate(
+            [
+                (told, "succeeded", old),
+                (telling, "pending", None),
+                (waiting, "failed", old),
+                (waiting, "succeeded", utcnow()),
+            ]
+        ):
+            db.session.add(
+                WebhookDelivery(
+                    uid=f"msg_{n}",
+                    endpoint_id="wh-test",
+                    message_id=message_id,
+                    type="message.sent",
+                    occurred_at=old,
+                    body="{}",
+                    status=status,
+                    attempts=1,
+                    step=1,
+                    next_attempt_at=old if status == "pending" else None,
+                    finished_at=finished,
+                )
+            )
+        db.session.commit()
+    pruner = prune(app)
+    assert count(app, Message, Message.id == told) == 0
+    assert count(app, Message, Message.id == telling) == 1  # a delivery still pending
+    assert count(app, Message, Message.id == waiting) == 1
+    left = {(d, s) for d, s in _deliveries(app)}
+    assert left == {(telling, "pending"), (waiting, "succeeded")}
+    assert pruner.deleted["deliveries"] == 2
+    assert "2 webhook deliveries" in pruner.summary()
+
+
+def _deliveries(app):
+    from app.webhooks.models import WebhookDelivery
+
+    with app.app_context():
+        return db.session.execute(select(WebhookDelivery.message_id, WebhookDelivery.status)).all()
