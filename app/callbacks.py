@@ -20,7 +20,7 @@ from werkzeug.exceptions import ClientDisconnected
 from .errors import CATEGORY_BY_STATUS, ApiError, read_body
 from .events import Received
 from .ingest import EXTENSION, IngestUnavailable
-from .metrics import CALLBACKS
+from .metrics import CALLBACK_SECONDS, CALLBACKS
 
 bp = Blueprint("callbacks", __name__, url_prefix="/callbacks")
 
@@ -67,8 +67,15 @@ def _error(status: int, code: str, message: str, headers: dict | None = None) ->
     )
 
 
-def _too_large(via: str, limit: int) -> Response:
-    CALLBACKS.labels(via, request.method, "too-large").inc()
+def _counted(via: str, outcome: str, arrived: float) -> None:
+    """Count the answer, time it, and tell the request line (``requestlog``) what it was."""
+    CALLBACKS.labels(via, request.method, outcome).inc()
+    CALLBACK_SECONDS.labels(via).observe(time.monotonic() - arrived)
+    request.environ["relay.outcome"] = outcome
+
+
+def _too_large(via: str, limit: int, arrived: float) -> Response:
+    _counted(via, "too-large", arrived)
     return _error(
         413,
         "request-too-large",
@@ -80,14 +87,15 @@ def _too_large(via: str, limit: int) -> Response:
 def _receive(via: str) -> Response:
     """Verify → read (bounded) → store or journal → 200; see ``ingest`` for the storing."""
     arrived = time.monotonic()
+    request.environ["relay.via"] = via
     cfg = current_app.config
     limit = cfg["CALLBACK_MAX_BODY_BYTES"]
     # Before the credentials and before reading anything: a body this large is not a
     # Catapult event (a few KB), and reading it would cost the memory it claims.
     if (request.content_length or 0) > limit or len(request.query_string) > limit:
-        return _too_large(via, limit)
+        return _too_large(via, limit, arrived)
     if not _authorized():
-        CALLBACKS.labels(via, request.method, "unauthorized").inc()
+        _counted(via, "unauthorized", arrived)
         return Response(
             _UNAUTHORIZED,
             401,
@@ -101,9 +109,9 @@ def _receive(via: str) -> Response:
         try:
             raw = read_body(limit).decode("utf-8", "replace")
         except ApiError:  # chunked, and over the limit once read that far
-            return _too_large(via, limit)
+            return _too_large(via, limit, arrived)
         except ClientDisconnected:  # nobody is waiting for the answer, and nothing is kept
-            CALLBACKS.labels(via, request.method, "disconnected").inc()
+            _counted(via, "disconnected", arrived)
             raise
     received = Received(
         via=via,
@@ -117,9 +125,9 @@ def _receive(via: str) -> Response:
     except IngestUnavailable as exc:
         # Not stored anywhere: say so, so that the carrier's fallback try can go elsewhere.
         current_app.logger.error("callback not stored: %s", exc)
-        CALLBACKS.labels(via, request.method, "unavailable").inc()
+        _counted(via, "unavailable", arrived)
         return _error(503, "unavailable", "The callback could not be stored.", {"Retry-After": "1"})
-    CALLBACKS.labels(via, request.method, outcome).inc()
+    _counted(via, outcome, arrived)
     return Response(status=200)
 
 

@@ -4,6 +4,7 @@ thread of each serving process (``DISPATCH=inline``); the lease keeps one of the
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import signal
 import sys
@@ -14,6 +15,8 @@ from flask import Flask, current_app
 from flask.cli import with_appcontext
 
 from .dispatcher import Dispatcher
+
+log = logging.getLogger(__name__)
 
 
 class InlineDispatcher:
@@ -86,6 +89,9 @@ def start_inline_dispatcher(app: Flask) -> InlineDispatcher | None:
 def dispatch_command(once: bool) -> None:
     """Run the dispatcher in the foreground (the worker role) until SIGTERM or SIGINT."""
     app = current_app._get_current_object()  # type: ignore[attr-defined]
+    from .logs import configure
+
+    configure(app)  # JSON lines, like the web role's
     dispatcher = Dispatcher(app)
     if once:
         handled = dispatcher.run_once()
@@ -97,13 +103,20 @@ def dispatch_command(once: bool) -> None:
     def on_signal(signum, _frame):
         if stop.is_set():
             raise KeyboardInterrupt  # a second signal: stop now, even mid-request
-        click.echo(f"{signal.Signals(signum).name}: finishing the current batch", err=True)
+        log.info("%s: finishing the current batch", signal.Signals(signum).name)
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    click.echo(f"dispatcher {dispatcher.holder}: running (Ctrl-C to stop)", err=True)
+    metrics = None
+    if app.config.get("WORKER_METRICS_BIND"):
+        from .metrics import serve_worker_metrics
+
+        metrics = serve_worker_metrics(app.config["WORKER_METRICS_BIND"])
+        log.info("worker metrics on %s", app.config["WORKER_METRICS_BIND"])
     try:
         dispatcher.run_forever(stop)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if metrics is not None:
+            metrics.shutdown()

@@ -66,7 +66,20 @@ def relay_env(database_url: str, journal_dir, **extra) -> dict[str, str]:
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("GUNICORN_", "CATAPULT_", "DASHBOARD_", "CALLBACK_", "RELAY_"))
-        and k not in ("DATABASE_URL", "API_KEYS", "DISPATCH", "BIND", "PORT", "WEB_CONCURRENCY")
+        and k
+        not in (
+            "DATABASE_URL",
+            "API_KEYS",
+            "DISPATCH",
+            "BIND",
+            "PORT",
+            "WEB_CONCURRENCY",
+            "TRUSTED_PROXIES",
+            "FORWARDED_ALLOW_IPS",
+            "PROMETHEUS_MULTIPROC_DIR",
+            "WORKER_METRICS_BIND",
+            "LOG_LEVEL",
+        )
     }
     env.update(
         RELAY_ENV="development",

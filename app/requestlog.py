@@ -1,0 +1,95 @@
+"""One JSON line per request: gunicorn's access log, with what the relay knows of the request.
+
+``RequestId`` (WSGI middleware, outermost) gives every request an id: the proxy's
+``X-Request-ID`` when it is a plain token, else a new one. It is echoed in the response and
+kept in the environ, where the views leave what the line should say (the callback receiver:
+``relay.via`` and ``relay.outcome``). After the response has been sent, gunicorn calls
+``GunicornLogger.access``, which writes the line: id, method, route (the URL rule, never the
+path with its ids or the query string with an event's numbers), status, latency, bytes, the
+client's address (as proxy trust sees it) and, for callbacks, via and outcome.
+
+The line is on the callback hot path, so it is built from the environ directly (none of
+gunicorn's per-request atoms, which copy every header and environ key) and marked ``clean``:
+its fields are made by the relay itself, so the formatter does not scrub it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+from gunicorn.glogging import Logger
+
+from .logs import MASK, scrub
+
+# A proxy's id is kept when it is a plain token (nginx's $request_id: 32 hex digits); anything
+# else (too long, odd characters, something shaped like a phone number) gets a new one.
+_TOKEN = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
+_DIGIT_RUN = re.compile(r"\d{7}")
+HEADER = "X-Request-ID"
+ENV_ID = "relay.request_id"
+ROUTE = "relay.route"  # the URL rule the request matched (``/api/messages/<message_id>``)
+
+
+def request_id(supplied: str | None) -> str:
+    """The id of a request that came with ``X-Request-ID: supplied`` (None: without)."""
+    if supplied and _TOKEN.match(supplied) and not _DIGIT_RUN.search(supplied):
+        return supplied
+    return os.urandom(16).hex()
+
+
+class RequestId:
+    """WSGI middleware: the request's id in ``environ["relay.request_id"]`` and in the
+    response's ``X-Request-ID``."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        rid = environ[ENV_ID] = request_id(environ.get("HTTP_X_REQUEST_ID"))
+
+        def start(status, headers, exc_info=None):
+            headers.append((HEADER, rid))
+            return start_response(status, headers, exc_info)
+
+        return self.app(environ, start)
+
+
+def access_fields(environ, status, sent, seconds: float) -> dict:
+    """The request line's fields."""
+    fields = {
+        "request_id": environ.get(ENV_ID) or MASK,
+        "method": environ.get("REQUEST_METHOD"),
+        "route": environ.get(ROUTE),
+        "status": status,
+        "latency_ms": round(seconds * 1000, 2),
+        "bytes": sent,
+        "remote": environ.get("REMOTE_ADDR"),
+    }
+    if fields["route"] is None:
+        # Unmatched (404): the path says what was asked for; it is the client's text, scrubbed.
+        fields["path"] = scrub(environ.get("PATH_INFO", "")[:200])
+    via = environ.get("relay.via")
+    if via is not None:
+        fields["via"] = via
+        fields["outcome"] = environ.get("relay.outcome")
+    fields["clean"] = True
+    return fields
+
+
+class GunicornLogger(Logger):
+    """gunicorn's logger with the relay's request line as its access log (``logger_class`` in
+    ``gunicorn.conf.py``); the error log and everything else are gunicorn's own, in JSON by
+    ``logconfig_dict``."""
+
+    def access(self, resp, req, environ, request_time) -> None:
+        if not self.access_log.isEnabledFor(logging.INFO):
+            return
+        try:
+            fields = access_fields(
+                environ, resp.status_code, resp.sent, request_time.total_seconds()
+            )
+            self.access_log.info("request", extra=fields)
+        except Exception:  # a log line must never fail the request
+            self.error_log.exception("request line failed")

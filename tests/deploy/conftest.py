@@ -1,0 +1,66 @@
+"""Deployment tests: the relay as it is deployed (gunicorn with gunicorn.conf.py, the worker
+role, nginx with deploy/nginx.conf), on loopback ports the OS picks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from app import create_app
+from app.extensions import db
+from tests.conftest import close_app, make_config
+from tests.servers import Dispatcher, Gunicorn, relay_env
+
+
+def create_tables(tmp_path, url: str) -> str:
+    """The relay's tables on ``url``; returns it."""
+    app = create_app(make_config(tmp_path, DATABASE_URL=url))
+    try:
+        with app.app_context():
+            db.create_all()
+    finally:
+        close_app(app)
+    return url
+
+
+@pytest.fixture
+def sqlite_db(tmp_path) -> str:
+    return create_tables(tmp_path, f"sqlite:///{tmp_path / 'relay.sqlite3'}")
+
+
+@pytest.fixture
+def processes(tmp_path):
+    """Start relays (``web``) and dispatchers (``worker``); all stopped at the end."""
+    started: list = []
+
+    class Starter:
+        def web(self, database_url: str, workers: int = 2, name: str | None = None, **env):
+            journal = env.pop("JOURNAL_DIR", tmp_path / f"journal-{len(started)}")
+            log = tmp_path / f"{name or f'gunicorn-{len(started)}'}.log"
+            relay = Gunicorn(relay_env(database_url, journal, **env), log, workers=workers)
+            started.append(relay)
+            relay.wait_ready()
+            return relay
+
+        def worker(self, env: dict, name: str):
+            worker = Dispatcher(env, tmp_path / f"{name}.log")
+            worker.log_path = tmp_path / f"{name}.log"
+            started.append(worker)
+            return worker
+
+    yield Starter()
+    for process in reversed(started):
+        process.stop()
+
+
+def json_lines(path: Path) -> list[dict]:
+    """Every line of a log as JSON (a line that is not JSON fails the test)."""
+    lines = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        try:
+            lines.append(json.loads(line))
+        except ValueError:
+            raise AssertionError(f"{path.name}:{number} is not JSON: {line!r}") from None
+    return lines
