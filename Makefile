@@ -30,8 +30,8 @@ bench: $(STAMP) postgresql
 	$(BIN)/python -m bench
 
 lint: $(STAMP)
-	$(BIN)/ruff check app tests bench
-	$(BIN)/ruff format --check app tests bench
+	$(BIN)/ruff check app tests bench deploy gunicorn.conf.py
+	$(BIN)/ruff format --check app tests bench deploy gunicorn.conf.py
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache

@@ -4,6 +4,7 @@ role, nginx with deploy/nginx.conf), on loopback ports the OS picks."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,16 @@ def json_lines(path: Path) -> list[dict]:
         except ValueError:
             raise AssertionError(f"{path.name}:{number} is not JSON: {line!r}") from None
     return lines
+
+
+def wait_for_lines(path: Path, predicate, timeout: float = 10.0) -> list[dict]:
+    """The log's JSON lines once ``predicate(lines)`` holds (a request's line is written just
+    after its answer has gone out, so the last ones may still be on their way)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = json_lines(path)
+        if predicate(lines):
+            return lines
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{Path(path).name}: the lines awaited did not come")
+        time.sleep(0.1)

@@ -11,7 +11,7 @@ import requests
 
 from app.proxies import TrustedProxies, parse_allow_list, wrap
 from tests.conftest import API_KEY
-from tests.deploy.conftest import json_lines
+from tests.deploy.conftest import wait_for_lines
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 SPOOF = {
@@ -53,8 +53,11 @@ def test_with_no_trusted_hop_a_client_cannot_spoof_its_address_or_scheme(
     address, scheme, host = believed(relay)
     assert (address, scheme, host) == ("127.0.0.1", "http", f"127.0.0.1:{relay.port}")
     # The request line says the same.
-    lines = [line for line in json_lines(relay.log_path) if line.get("message") == "request"]
-    assert lines and {line["remote"] for line in lines} == {"127.0.0.1"}
+    lines = wait_for_lines(
+        relay.log_path,
+        lambda lines: sum(line.get("route") == "/api/messages" for line in lines) == 2,
+    )
+    assert {line["remote"] for line in lines if line.get("message") == "request"} == {"127.0.0.1"}
 
 
 def test_with_one_hop_the_proxys_forwarded_values_are_used(sqlite_db, processes, two_messages):
@@ -63,13 +66,13 @@ def test_with_one_hop_the_proxys_forwarded_values_are_used(sqlite_db, processes,
     # The last X-Forwarded-For entry is the one the proxy appended; earlier ones are the
     # client's own words and are not believed.
     assert believed(relay) == ("203.0.113.7", "https", "evil.example:8443")
+
     # The request line too: the unspoofed POST from 127.0.0.1, the spoofed GET from the proxy's.
-    remotes = {
-        line["remote"]
-        for line in json_lines(relay.log_path)
-        if line.get("route") == "/api/messages"
-    }
-    assert remotes == {"127.0.0.1", "203.0.113.7"}
+    def remotes(lines):
+        return {line["remote"] for line in lines if line.get("route") == "/api/messages"}
+
+    lines = wait_for_lines(relay.log_path, lambda lines: len(remotes(lines)) == 2)
+    assert remotes(lines) == {"127.0.0.1", "203.0.113.7"}
 
 
 def test_a_peer_outside_forwarded_allow_ips_is_not_a_proxy(sqlite_db, processes, two_messages):
