@@ -18,6 +18,8 @@ Environment (defaults in brackets):
   UPSTREAM_MAX_FAILS, UPSTREAM_FAIL_TIMEOUT failures that take an instance out, and for how
                               long [1, 5s]
   NGINX_WORKERS [auto], NGINX_ACCESS_LOG [access.log], NGINX_ERROR_LOG [error.log]
+  NGINX_ERROR_LEVEL           [crit]: lower levels quote request lines, and with them the
+                              query strings of GET callbacks (phone numbers, text)
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ DEFAULTS = {
     "NGINX_WORKERS": "auto",
     "NGINX_ACCESS_LOG": "access.log",
     "NGINX_ERROR_LOG": "error.log",
+    "NGINX_ERROR_LEVEL": "crit",
 }
 
 

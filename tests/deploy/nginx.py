@@ -52,13 +52,15 @@ class Nginx:
         primary: list[str],
         fallback: list[str] | None = None,
         keep: Path | None = None,
+        ports: tuple[int, int] | None = None,
         **settings: str,
     ) -> None:
         self.keep = keep  # where its logs are copied when it stops
         self.prefix = Path(tempfile.mkdtemp(prefix="relay-nginx-"))
         # Run as root (CI), nginx's workers are "nobody" and must reach their temp folders.
         self.prefix.chmod(0o755)
-        self.port, self.fallback_port = free_port(), free_port()
+        # The relay's PUBLIC_BASE_URL and FALLBACK_BASE_URL name these: they may be chosen first.
+        self.port, self.fallback_port = ports or (free_port(), free_port())
         self.url = f"http://127.0.0.1:{self.port}"
         self.fallback_url = f"http://127.0.0.1:{self.fallback_port}"
         env = {
