@@ -82,24 +82,42 @@ def _scrub_value(value):
     return value
 
 
+def _iso(created: float) -> str:
+    return datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+
+
 class JsonFormatter(_LibraryJsonFormatter):
     """python-json-logger's formatter with the relay's field names, a UTC ``time`` first, and
-    every string scrubbed unless the record says it was built from checked fields (``clean``:
-    the request line, made of route templates, numbers and ids the relay produced itself)."""
+    every string scrubbed, except in the request line (a record with ``fields``)."""
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("rename_fields", {"levelname": "level", "name": "logger"})
         super().__init__("%(levelname)s %(name)s %(message)s", *args, **kwargs)
 
-    def add_fields(self, log_data, record, message_dict) -> None:
-        log_data["time"] = datetime.fromtimestamp(record.created, UTC).isoformat(
-            timespec="milliseconds"
+    def format(self, record: logging.LogRecord) -> str:
+        fields = record.__dict__.get("fields")
+        if fields is None:
+            return super().format(record)
+        # The request line (requestlog.py), on the callback hot path: fields the relay built
+        # and checked itself, serialized as they are, without the generic extraction of the
+        # record's attributes and the scrubbing that other lines get.
+        return self.jsonify_log_record(
+            {
+                "time": _iso(record.created),
+                "level": record.levelname,
+                "logger": record.name,
+                "message": record.msg,
+                **fields,
+                "pid": record.process,
+            }
         )
+
+    def add_fields(self, log_data, record, message_dict) -> None:
+        log_data["time"] = _iso(record.created)
         super().add_fields(log_data, record, message_dict)
         log_data["pid"] = record.process
-        if not log_data.pop("clean", False):
-            for key, value in log_data.items():
-                log_data[key] = _scrub_value(value)
+        for key, value in log_data.items():
+            log_data[key] = _scrub_value(value)
 
 
 class RequestContext(logging.Filter):
@@ -107,7 +125,7 @@ class RequestContext(logging.Filter):
     they can be matched with the request line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if "request_id" not in record.__dict__:
+        if "request_id" not in record.__dict__ and "fields" not in record.__dict__:
             from flask import has_request_context, request
 
             if has_request_context():

@@ -9,8 +9,9 @@ path with its ids or the query string with an event's numbers), status, latency,
 client's address (as proxy trust sees it) and, for callbacks, via and outcome.
 
 The line is on the callback hot path, so it is built from the environ directly (none of
-gunicorn's per-request atoms, which copy every header and environ key) and marked ``clean``:
-its fields are made by the relay itself, so the formatter does not scrub it.
+gunicorn's per-request atoms, which copy every header and environ key), its record is made
+without a caller lookup, and the formatter writes its fields as they are (they are the relay's
+own: it does not scrub them). Measured: README, "Deployment".
 """
 
 from __future__ import annotations
@@ -74,7 +75,6 @@ def access_fields(environ, status, sent, seconds: float) -> dict:
     if via is not None:
         fields["via"] = via
         fields["outcome"] = environ.get("relay.outcome")
-    fields["clean"] = True
     return fields
 
 
@@ -84,12 +84,17 @@ class GunicornLogger(Logger):
     ``logconfig_dict``."""
 
     def access(self, resp, req, environ, request_time) -> None:
-        if not self.access_log.isEnabledFor(logging.INFO):
+        log = self.access_log
+        if not log.isEnabledFor(logging.INFO):
             return
         try:
             fields = access_fields(
                 environ, resp.status_code, resp.sent, request_time.total_seconds()
             )
-            self.access_log.info("request", extra=fields)
+            # The record is made here rather than by log.info(), which would look up its
+            # caller (a walk up the stack) for a line that always comes from here.
+            record = logging.LogRecord(log.name, logging.INFO, __file__, 0, "request", None, None)
+            record.fields = fields
+            log.handle(record)
         except Exception:  # a log line must never fail the request
             self.error_log.exception("request line failed")

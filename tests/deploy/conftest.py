@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from app import create_app
 from app.extensions import db
@@ -78,3 +80,14 @@ def wait_for_lines(path: Path, predicate, timeout: float = 10.0) -> list[dict]:
         if time.monotonic() > deadline:
             raise AssertionError(f"{Path(path).name}: the lines awaited did not come")
         time.sleep(0.1)
+
+
+def scrape(url: str) -> dict[tuple, float]:
+    """``/metrics`` as {(sample name, sorted labels): value}, on a new connection each time
+    (so that successive scrapes can be answered by different workers)."""
+    text = requests.get(f"{url}/metrics", timeout=10, headers={"Connection": "close"}).text
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples

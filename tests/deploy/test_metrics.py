@@ -11,7 +11,6 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, select
 
 from app import create_app, messaging
@@ -19,22 +18,11 @@ from app.extensions import db
 from app.models import Lease
 from app.sandbox.server import SandboxServer
 from tests.conftest import CALLBACK_PASSWORD, CALLBACK_USER, close_app, make_config
-from tests.deploy.conftest import json_lines
+from tests.deploy.conftest import json_lines, scrape
 from tests.reliability.conftest import wait_for
 from tests.servers import relay_env
 
 AUTH = (CALLBACK_USER, CALLBACK_PASSWORD)
-
-
-def scrape(url: str) -> dict[tuple, float]:
-    """``/metrics`` as {(sample name, sorted labels): value}, on a new connection each time
-    (so that successive scrapes can be answered by different workers)."""
-    text = requests.get(f"{url}/metrics", timeout=10, headers={"Connection": "close"}).text
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
 
 
 def parked_count(samples) -> float:
@@ -102,6 +90,10 @@ def test_two_workers_counters_are_summed_and_outlive_a_killed_worker(
         samples = scrape(relay.url)
         assert parked_count(samples) == sent
         assert samples[("relay_callback_seconds_count", (("via", "primary"),))] == sent
+    # What the database says is read at scrape time, once (not summed over the workers).
+    assert samples[("relay_parked_events", ())] == sent
+    assert samples[("relay_queue_depth", ())] == 0 == samples[("relay_messages_unknown", ())]
+    assert samples[("relay_journal_depth", ())] == 0
     scrapers = {
         line["pid"] for line in json_lines(relay.log_path) if line.get("route") == "/metrics"
     }

@@ -23,7 +23,7 @@ from app.models import CallbackEvent, Lease, Message
 from app.sandbox.server import SandboxServer
 from tests import pg
 from tests.conftest import API_KEY, CALLBACK_PASSWORD, CALLBACK_USER
-from tests.deploy.conftest import json_lines
+from tests.deploy.conftest import json_lines, scrape
 from tests.deploy.nginx import Nginx, free_port
 from tests.reliability.conftest import wait_for
 from tests.servers import BIN, ROOT, Dispatcher, Gunicorn, SlowSends, relay_env
@@ -243,6 +243,8 @@ def test_two_instances_behind_nginx_survive_kills_and_a_header_flood(tmp_path, p
                 ) and (truth, ours)
 
             truth, ours = wait_for(settled, timeout=60, interval=0.5)
+            # The surviving instance's metrics: the database's view, read at scrape time.
+            metrics = scrape(webs[1].url)
             sent = [m for m in _truth(sandbox) if m["direction"] == "out"]
             attempts = requests.get(f"{sandbox.url}/sandbox/callbacks", timeout=10).json()
             events = _events(engine)
@@ -285,6 +287,11 @@ def test_two_instances_behind_nginx_survive_kills_and_a_header_flood(tmp_path, p
     assert not answered - stored, answered - stored
     extra = stored - answered
     assert not extra - (keys(e for e in events if e["duplicate"]) + failed), extra
+
+    assert metrics[("relay_queue_depth", ())] == 0
+    assert metrics[("relay_time_to_receipt_count", ())] > 0
+    p50 = metrics[("relay_time_to_receipt_seconds", (("quantile", "0.5"),))]
+    assert 0 <= p50 <= metrics[("relay_time_to_receipt_seconds", (("quantile", "0.95"),))] < 60
 
     # The standby took over within 10 s.
     assert takeover < 10.0, takeover
