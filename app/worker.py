@@ -89,9 +89,10 @@ def start_inline_dispatcher(app: Flask) -> InlineDispatcher | None:
 def dispatch_command(once: bool) -> None:
     """Run the dispatcher in the foreground (the worker role) until SIGTERM or SIGINT."""
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    from .logs import configure
+    if not app.config.get("TESTING"):  # a test's process keeps its own logging
+        from .logs import configure
 
-    configure(app)  # JSON lines, like the web role's
+        configure(app)  # JSON lines, like the web role's
     dispatcher = Dispatcher(app)
     if once:
         handled = dispatcher.run_once()

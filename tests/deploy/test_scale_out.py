@@ -151,6 +151,7 @@ def lease_holder(engine) -> str | None:
         return conn.scalar(select(Lease.holder))
 
 
+@pytest.mark.timeout(300)  # about 30 s alone; the suite's 120 s leaves no room on a busy machine
 def test_two_instances_behind_nginx_survive_kills_and_a_header_flood(tmp_path, postgres_server):
     started_at = time.monotonic()
     url = pg.create_schema(postgres_server, f"t_{uuid.uuid4().hex[:12]}")
