@@ -13,7 +13,7 @@ import time
 import requests
 
 from app.logs import JsonFormatter, register_secrets, scrub
-from app.requestlog import access_fields, request_id
+from app.requestlog import RequestRecord, access_fields, request_id
 from app.sandbox.server import SandboxServer
 from tests.deploy.conftest import json_lines, wait_for_lines
 from tests.reliability.conftest import wait_for
@@ -62,8 +62,8 @@ def test_a_line_is_one_json_object_with_its_fields_scrubbed():
     }
 
     def request_line(environ, seconds: float) -> dict:
-        record = logging.LogRecord("gunicorn.access", logging.INFO, "", 0, "request", None, None)
-        record.fields = access_fields(environ, 404, 120, seconds)
+        record = RequestRecord("gunicorn.access", access_fields(environ, 404, 120, seconds))
+        assert record.getMessage() == "request" and record.levelname == "INFO"
         return json.loads(formatter.format(record))
 
     line = request_line(environ, 0.00123)
