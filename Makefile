@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench lint clean chromium postgresql nodejs
+.PHONY: install test demo bench lint clean chromium postgresql nodejs nginx
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP) chromium postgresql nodejs
+test: $(STAMP) chromium postgresql nodejs nginx
 	$(BIN)/python -m pytest -q
 
 # The dashboard's browser tests drive Debian's Chromium (browser downloads are not possible).
@@ -30,8 +30,8 @@ bench: $(STAMP) postgresql
 	$(BIN)/python -m bench
 
 lint: $(STAMP)
-	$(BIN)/ruff check app tests bench
-	$(BIN)/ruff format --check app tests bench
+	$(BIN)/ruff check app tests bench deploy gunicorn.conf.py
+	$(BIN)/ruff format --check app tests bench deploy gunicorn.conf.py
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache
@@ -47,3 +47,9 @@ nodejs:
 	@command -v npm >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq nodejs npm; \
 	  else echo "Node.js is missing: run 'sudo apt-get install nodejs npm'"; fi; }
+
+# The deployment tests run deploy/nginx.conf with Debian's nginx (tests/deploy/).
+nginx:
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq nginx; \
+	  else echo "nginx is missing: run 'sudo apt-get install nginx'"; fi; }

@@ -6,7 +6,6 @@ import os
 import sys
 
 from flask import Flask, request
-from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .config import ConfigError, load_settings
 
@@ -22,8 +21,8 @@ def create_app(config: dict | None = None) -> Flask:
     register_blueprints(app)
     register_errors(app)
     register_cli(app)
-    # One proxy hop (the load balancer) sets X-Forwarded-*; trust exactly that one.
-    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1, x_prefix=1)
+    register_proxies(app)
+    register_request_ids(app)
     register_dispatcher(app)
     return app
 
@@ -165,6 +164,32 @@ def register_limits(app: Flask) -> None:
             request.max_content_length = limit + 1
             if len(request.get_data(cache=True)) > limit:
                 raise too_large(limit, what or "Request bodies")
+
+
+def register_proxies(app: Flask) -> None:
+    """``X-Forwarded-*`` from ``TRUSTED_PROXIES`` hops, believed only from the peers of
+    ``FORWARDED_ALLOW_IPS`` (0 hops: not at all, so a client cannot spoof them)."""
+    from .proxies import wrap
+
+    app.wsgi_app = wrap(
+        app.wsgi_app, app.config["TRUSTED_PROXIES"], app.config["FORWARDED_ALLOW_IPS"]
+    )
+
+
+def register_request_ids(app: Flask) -> None:
+    """Every request gets an id (the proxy's ``X-Request-ID`` or a new one) for its log line
+    (``requestlog``); and no log line shows this app's secrets (``logs.scrub``)."""
+    from .logs import register_secrets
+    from .requestlog import ROUTE, RequestId
+
+    app.wsgi_app = RequestId(app.wsgi_app)
+    register_secrets(app.config)
+
+    @app.teardown_request
+    def keep_route(_exc=None):
+        # For the request line, written after Flask has let go of the request object.
+        rule = request.url_rule
+        request.environ[ROUTE] = rule.rule if rule is not None else None
 
 
 def register_blueprints(app: Flask) -> None:

@@ -20,7 +20,7 @@ from werkzeug.exceptions import ClientDisconnected
 from .errors import CATEGORY_BY_STATUS, ApiError, read_body
 from .events import Received
 from .ingest import EXTENSION, IngestUnavailable
-from .metrics import CALLBACKS
+from .metrics import CALLBACK_SECONDS, CALLBACKS
 from .security import auth_failed, authorization, basic_failure
 
 bp = Blueprint("callbacks", __name__, url_prefix="/callbacks")
@@ -68,8 +68,8 @@ def _error(status: int, code: str, message: str, headers: dict | None = None) ->
     )
 
 
-def _too_large(via: str, limit: int) -> Response:
-    _counted(via, request.method, "too-large").inc()
+def _too_large(via: str, limit: int, arrived: float) -> Response:
+    _counted(via, request.method, "too-large", arrived)
     return _error(
         413,
         "request-too-large",
@@ -79,9 +79,18 @@ def _too_large(via: str, limit: int) -> Response:
 
 
 @functools.cache
-def _counted(via: str, method: str, outcome: str):
-    """The callbacks counter of one label set (looked up once: this is the hot path)."""
-    return CALLBACKS.labels(via, method, outcome)
+def _metrics(via: str, method: str, outcome: str):
+    """The counter and the latency histogram of one label set (looked up once: this is the
+    hot path)."""
+    return CALLBACKS.labels(via, method, outcome), CALLBACK_SECONDS.labels(via)
+
+
+def _counted(via: str, method: str, outcome: str, arrived: float) -> None:
+    """Count the answer, time it, and tell the request line (``requestlog``) what it was."""
+    counter, seconds = _metrics(via, method, outcome)
+    counter.inc()
+    seconds.observe(time.monotonic() - arrived)
+    request.environ["relay.outcome"] = outcome
 
 
 def _receive(via: str) -> Response:
@@ -89,6 +98,7 @@ def _receive(via: str) -> Response:
     arrived = time.monotonic()
     req = request._get_current_object()  # type: ignore[attr-defined]  (one proxy lookup)
     environ, method = req.environ, req.method
+    environ["relay.via"] = via
     if method == "HEAD":  # Flask adds it to GET routes; the carrier never sends it
         return _error(
             405, "method-not-allowed", "Callbacks are GET or POST.", {"Allow": "GET, POST"}
@@ -98,9 +108,9 @@ def _receive(via: str) -> Response:
     # Before the credentials and before reading anything: a body this large is not a
     # Catapult event (a few KB), and reading it would cost the memory it claims.
     if (req.content_length or 0) > limit or len(environ.get("QUERY_STRING", "")) > limit:
-        return _too_large(via, limit)
+        return _too_large(via, limit, arrived)
     if not _authorized():
-        _counted(via, method, "unauthorized").inc()
+        _counted(via, method, "unauthorized", arrived)
         auth_failed("callbacks", basic_failure(environ.get("HTTP_AUTHORIZATION", "")))
         return Response(
             _UNAUTHORIZED,
@@ -115,9 +125,9 @@ def _receive(via: str) -> Response:
         try:
             raw = read_body(limit).decode("utf-8", "replace")
         except ApiError:  # chunked, and over the limit once read that far
-            return _too_large(via, limit)
+            return _too_large(via, limit, arrived)
         except ClientDisconnected:  # nobody is waiting for the answer, and nothing is kept
-            _counted(via, method, "disconnected").inc()
+            _counted(via, method, "disconnected", arrived)
             raise
     received = Received(
         via, method, raw, environ.get("CONTENT_TYPE"), environ.get("HTTP_USER_AGENT")
@@ -127,9 +137,9 @@ def _receive(via: str) -> Response:
     except IngestUnavailable as exc:
         # Not stored anywhere: say so, so that the carrier's fallback try can go elsewhere.
         app.logger.error("callback not stored: %s", exc)
-        _counted(via, method, "unavailable").inc()
+        _counted(via, method, "unavailable", arrived)
         return _error(503, "unavailable", "The callback could not be stored.", {"Retry-After": "1"})
-    _counted(via, method, outcome).inc()
+    _counted(via, method, outcome, arrived)
     return Response(status=200)
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from .proxies import DEFAULT_ALLOW, parse_allow_list
+
 DEFAULT_CATAPULT_API_URL = "https://api.catapult.inetwork.com"
 
 
@@ -81,6 +83,17 @@ def _float(env, name, default, errors):
     if value < 0:
         errors.append(f"{name} must not be negative, got {raw!r}")
     return value
+
+
+def _bind(env, name, errors) -> str | None:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    host, sep, port = raw.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        errors.append(f"{name} must be host:port (or :port), got {raw!r}")
+        return None
+    return raw
 
 
 SECRET_NAMES = (
@@ -170,6 +183,13 @@ def load_settings(env: dict | None = None, instance_path: str | None = None) -> 
     if dispatch not in ("inline", "worker", "off"):
         errors.append(f"DISPATCH must be inline, worker or off, got {dispatch!r}")
 
+    allow_raw = env.get("FORWARDED_ALLOW_IPS")
+    try:
+        forwarded_allow = parse_allow_list(DEFAULT_ALLOW if allow_raw is None else allow_raw)
+    except ValueError as exc:
+        errors.append(f"FORWARDED_ALLOW_IPS must list IP addresses, networks or *: {exc}")
+        forwarded_allow = []
+
     api_keys_raw = env.get("API_KEYS") or ""
     api_keys = [k.strip() for k in api_keys_raw.split(",") if k.strip()]
     if not api_keys:
@@ -216,5 +236,11 @@ def load_settings(env: dict | None = None, instance_path: str | None = None) -> 
         # on loopback or private addresses (tests and local runs only: SSRF otherwise).
         "WEBHOOK_RETRY_SCHEDULE": _schedule(env, "WEBHOOK_RETRY_SCHEDULE", errors),
         "WEBHOOK_ALLOW_PRIVATE": _flag(env, "WEBHOOK_ALLOW_PRIVATE", errors),
+        # Proxy hops whose X-Forwarded-* are believed, from the peers of FORWARDED_ALLOW_IPS
+        # only (app/proxies.py; gunicorn.conf.py gives gunicorn the same list).
+        "TRUSTED_PROXIES": _int(env, "TRUSTED_PROXIES", 1, errors, 0, 10),
+        "FORWARDED_ALLOW_IPS": forwarded_allow,
+        # The worker role's Prometheus endpoint, host:port (empty: none).
+        "WORKER_METRICS_BIND": _bind(env, "WORKER_METRICS_BIND", errors),
     }
     return Settings(values=values, errors=errors, generated=generated)

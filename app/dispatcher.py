@@ -35,7 +35,8 @@ from .errors import database_unavailable
 from .extensions import db
 from .housekeeping import Housekeeping
 from .lease import LEASE_POLL, LEASE_TTL, DbLease, default_holder
-from .metrics import SENDS
+from .logs import mask_number
+from .metrics import CARRIER_REQUEST_SECONDS, DISPATCHER_ACTIVE, LEASE_ACQUIRED, SENDS
 from .models import Message, utcnow
 from .pacing import RATE_LIMIT_PAUSE, Pacer
 from .webhooks.outbox import subscriptions
@@ -144,7 +145,10 @@ class Dispatcher:
             # From here until the record commit the rows are ``sending`` and ours: if anything
             # below fails, the next iteration turns them into ``unknown`` (they may have gone).
             self._dirty = True
+            started = time.monotonic()
             results = self._send([payload for _, _, payload in batch])
+            carrier_s = time.monotonic() - started
+            CARRIER_REQUEST_SECONDS.observe(carrier_s)
             try:
                 self._record(batch, results)
             except Exception as exc:
@@ -154,9 +158,28 @@ class Dispatcher:
                     self._unrecorded = (batch, results)
                 raise
             self._dirty = False
+            self._log_batch(batch, results, carrier_s)
         self.housekeeping.run(self.db_time())
         self._last_handled = len(batch)
         return len(batch)
+
+    def _log_batch(self, batch, results: list[SendResult], carrier_s: float) -> None:
+        """The batch's line: how many, what became of them, how long the carrier took; the
+        sending numbers masked (they are someone's)."""
+        outcomes: dict[str, int] = {}
+        for result in results:
+            outcomes[result.kind] = outcomes.get(result.kind, 0) + 1
+        log.info(
+            "dispatch batch",
+            extra={
+                "holder": self.holder,
+                "size": len(batch),
+                "outcomes": outcomes,
+                "carrier_ms": round(carrier_s * 1000, 1),
+                "from_numbers": sorted({mask_number(number) for _, number, _ in batch}),
+                "first_id": batch[0][0],
+            },
+        )
 
     def run_forever(self, stop_event: threading.Event) -> None:
         """Loop until ``stop_event`` is set; an in-flight request is finished and recorded."""
@@ -213,6 +236,7 @@ class Dispatcher:
         except Exception:
             log.exception("could not release the dispatcher lease")
         self.holding = False
+        DISPATCHER_ACTIVE.set(0)
 
     # ------------------------------------------------------------------ lease
 
@@ -239,6 +263,8 @@ class Dispatcher:
                 released,
             )
             self.holding = True
+            LEASE_ACQUIRED.inc()
+            DISPATCHER_ACTIVE.set(1)
         if self._dirty:
             self._release_own_claims(session, db_now)
         messaging.attach_parked_sweep(session)
@@ -247,6 +273,7 @@ class Dispatcher:
     def _lost(self) -> None:
         if self.holding:
             log.warning("dispatcher %s lost the lease", self.holder)
+            DISPATCHER_ACTIVE.set(0)
         self.holding = False
 
     def _release_own_claims(self, session: Session, now_w: datetime) -> None:

@@ -6,6 +6,7 @@ active at once, each claiming rows of its own."""
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import signal
 import sys
@@ -19,6 +20,8 @@ from .dispatcher import Dispatcher
 from .extensions import db
 from .ingest import EXTENSION as INGEST
 from .webhooks.worker import WorkerThread
+
+log = logging.getLogger(__name__)
 
 
 class InlineDispatcher:
@@ -103,6 +106,10 @@ def start_inline_dispatcher(app: Flask) -> InlineDispatcher | None:
 def dispatch_command(once: bool) -> None:
     """Run the dispatcher in the foreground (the worker role) until SIGTERM or SIGINT."""
     app = current_app._get_current_object()  # type: ignore[attr-defined]
+    if not app.config.get("TESTING"):  # a test's process keeps its own logging
+        from .logs import configure
+
+        configure(app)  # JSON lines, like the web role's
     dispatcher = Dispatcher(app)
     if once:
         handled = dispatcher.run_once()
@@ -114,16 +121,22 @@ def dispatch_command(once: bool) -> None:
     def on_signal(signum, _frame):
         if stop.is_set():
             raise KeyboardInterrupt  # a second signal: stop now, even mid-request
-        click.echo(f"{signal.Signals(signum).name}: finishing the current batch", err=True)
+        log.info("%s: finishing the current batch", signal.Signals(signum).name)
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    click.echo(f"dispatcher {dispatcher.holder}: running (Ctrl-C to stop)", err=True)
+    log.info("dispatcher %s: running (Ctrl-C to stop)", dispatcher.holder)
     # The host's callback journal too: entries left by web processes that died are replayed
     # even while none of them runs (the worker shares JOURNAL_DIR when it shares the host).
     ingest = app.extensions[INGEST]
     ingest.start()
     webhooks = webhook_worker(app).start()
+    metrics = None
+    if app.config.get("WORKER_METRICS_BIND"):
+        from .metrics import serve_worker_metrics
+
+        metrics = serve_worker_metrics(app.config["WORKER_METRICS_BIND"])
+        log.info("worker metrics on %s", app.config["WORKER_METRICS_BIND"])
     try:
         dispatcher.run_forever(stop)
     finally:
@@ -131,3 +144,5 @@ def dispatch_command(once: bool) -> None:
         ingest.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if metrics is not None:
+            metrics.shutdown()

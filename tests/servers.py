@@ -114,7 +114,20 @@ def relay_env(database_url: str, journal_dir, **extra) -> dict[str, str]:
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("GUNICORN_", "CATAPULT_", "DASHBOARD_", "CALLBACK_", "RELAY_"))
-        and k not in ("DATABASE_URL", "API_KEYS", "DISPATCH", "BIND", "PORT", "WEB_CONCURRENCY")
+        and k
+        not in (
+            "DATABASE_URL",
+            "API_KEYS",
+            "DISPATCH",
+            "BIND",
+            "PORT",
+            "WEB_CONCURRENCY",
+            "TRUSTED_PROXIES",
+            "FORWARDED_ALLOW_IPS",
+            "PROMETHEUS_MULTIPROC_DIR",
+            "WORKER_METRICS_BIND",
+            "LOG_LEVEL",
+        )
     }
     env.update(
         RELAY_ENV="development",
@@ -265,3 +278,19 @@ class Dispatcher:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
         self._log.close()
+
+
+class SlowSends:
+    """WSGI middleware for the sandbox: every send request takes ``seconds`` before it is
+    handled, and ``in_flight`` is set while one is being held."""
+
+    def __init__(self, app, seconds: float) -> None:
+        self.app, self.seconds = app, seconds
+        self.in_flight = threading.Event()
+
+    def __call__(self, environ, start_response):
+        if environ["REQUEST_METHOD"] == "POST" and environ["PATH_INFO"].endswith("/messages"):
+            self.in_flight.set()
+            time.sleep(self.seconds)
+            self.in_flight.clear()
+        return self.app(environ, start_response)

@@ -18,7 +18,7 @@ from app.models import Lease, Message
 from app.sandbox.server import SandboxServer
 from tests.conftest import API_KEY
 from tests.reliability.conftest import callback, event_body, prepare_database, wait_for
-from tests.servers import Dispatcher, relay_env
+from tests.servers import Dispatcher, SlowSends, relay_env
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -72,22 +72,6 @@ def test_a_worker_killed_under_load_gave_200_only_for_stored_events(
     assert len(stored) == len(set(stored))  # nothing twice
     assert ok <= set(stored)  # every 200 is a stored event
     assert len(ok) > 100 and set(stored) <= set(answered)
-
-
-class SlowSends:
-    """WSGI middleware for the sandbox: every send request takes ``seconds`` before it is
-    handled, and ``in_flight`` is set while one is being held."""
-
-    def __init__(self, app, seconds: float) -> None:
-        self.app, self.seconds = app, seconds
-        self.in_flight = threading.Event()
-
-    def __call__(self, environ, start_response):
-        if environ["REQUEST_METHOD"] == "POST" and environ["PATH_INFO"].endswith("/messages"):
-            self.in_flight.set()
-            time.sleep(self.seconds)
-            self.in_flight.clear()
-        return self.app(environ, start_response)
 
 
 def _lease_holder(url: str) -> str | None:
