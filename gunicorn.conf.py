@@ -31,9 +31,10 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # Threaded workers: a client that sends its request slowly holds one thread, not the whole
 # worker (with sync workers two such sockets took a two-worker relay offline). Each worker's
 # callbacks are committed together by one writer thread (app/batching.py), so threads cost no
-# extra flushes. The thread count and the switch interval below were chosen with
-# `python -m bench ingest` (README, "Benchmarks"); a buffering proxy in front
-# (deploy/nginx.conf) is what holds floods of slow clients.
+# extra flushes. `python -m bench workers` measured sync workers and 4 to 32 threads within
+# 3 % of each other on callback ingest (bench/results/latest-workers.md); 16 threads leave room
+# for slow sockets (a trickling client holds one) at no measured cost. A buffering proxy in
+# front (deploy/nginx.conf) is what holds floods of slow clients.
 worker_class = "gthread"
 threads = int(os.environ.get("WEB_THREADS", "16"))
 # Callbacks must be answered far inside the carrier's 10 s; a request stuck longer than this is
@@ -92,7 +93,8 @@ def post_fork(server, worker):
     """A thread that finished its I/O (a commit, a socket read) waits for the interpreter
     lock at most this long before it is handed over, instead of the default 5 ms: the writer
     thread holds the database's write lock while it waits, so every millisecond there is
-    lost for the whole host."""
+    lost for the whole host. Throughput measured the same at 0.2, 1 and 5 ms (within 3 %,
+    ``python -m bench workers``); 1 ms bounds that wait."""
     sys.setswitchinterval(float(os.environ.get("RELAY_SWITCH_INTERVAL", "0.001")))
 
 

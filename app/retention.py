@@ -3,7 +3,9 @@
 What goes: messages in a final status (``FINAL_STATUSES``) whose last change, and every event,
 is older than the cutoff, together with those events and their webhook deliveries; events
 that never matched a message (parked, unknown ids, unparseable) received before the cutoff;
-and webhook deliveries that finished (succeeded, or failed for good) before the cutoff. A
+webhook deliveries that finished (succeeded, or failed for good) before the cutoff; and
+``Idempotency-Key`` answers first given before the cutoff (a repeat of such a key is a new
+request). A
 message short of a final status stays, with all its events, however old, and so does a
 message with a delivery still pending (it is still being told).
 
@@ -35,7 +37,7 @@ from sqlalchemy.orm import Session
 from . import rollups
 from .db_setup import lock_for_write
 from .lease import db_now
-from .models import FINAL_STATUSES, CallbackEvent, Message, RollupState
+from .models import FINAL_STATUSES, CallbackEvent, IdempotencyKey, Message, RollupState
 from .webhooks.models import WebhookDelivery
 
 BATCH_SIZE = 500  # the most messages (or unmatched events) one batch looks at
@@ -82,7 +84,8 @@ class Pruner:
         self.postgres = engine.dialect.name != "sqlite"
         self.cutoff: datetime | None = None
         self.last_id: str | None = None
-        self.phase = "messages"  # then "events" (the unmatched ones), then "deliveries"
+        # then "events" (the unmatched ones), "deliveries", and "keys" (idempotency keys)
+        self.phase = "messages"
         self.after: str | int | None = None  # the last id the read walked past
         self.pending: list = []  # ids read that look prunable, not yet tried
         self.deleted: Counter = Counter()
@@ -94,7 +97,8 @@ class Pruner:
         verb = "would delete" if self.dry_run else "deleted"
         return (
             f"{verb} {self.deleted['messages']:,} messages, {self.deleted['events']:,} "
-            f"events and {self.deleted['deliveries']:,} webhook deliveries older than "
+            f"events, {self.deleted['deliveries']:,} webhook deliveries and "
+            f"{self.deleted['keys']:,} idempotency keys older than "
             f"{self.cutoff:%Y-%m-%d %H:%M:%S} UTC "
             f"({self.batches} batches, {self.scanned:,} rows looked at)"
         )
@@ -111,6 +115,7 @@ class Pruner:
                 "messages": self._read_messages,
                 "events": self._read_events,
                 "deliveries": self._read_deliveries,
+                "keys": self._read_keys,
             }[self.phase]
             self.pending = read()
             if not self.pending:
@@ -120,7 +125,9 @@ class Pruner:
             return self._delete_messages(chunk)
         if self.phase == "events":
             return self._delete_events(chunk)
-        return self._delete_deliveries(chunk)
+        if self.phase == "deliveries":
+            return self._delete_deliveries(chunk)
+        return self._delete_keys(chunk)
 
     def _start(self) -> None:
         self.cutoff = database_time(self.engine) - self.older_than
@@ -266,32 +273,44 @@ class Pruner:
                 stmt = stmt.where(WebhookDelivery.id > self.after)
             rows = session.execute(stmt.order_by(WebhookDelivery.id).limit(self.batch_size)).all()
         if not rows:
-            self.done = True
+            self.phase, self.after = "keys", None
             return []
         self.after = rows[-1].id
         self.scanned += len(rows)
         return [r.id for r in rows if r.finished_at is not None and r.finished_at < self.cutoff]
 
     def _delete_deliveries(self, ids: list[int]) -> int:
+        return self._delete_plain(
+            "deliveries",
+            WebhookDelivery.id,
+            WebhookDelivery.id.in_(ids),
+            WebhookDelivery.status != "pending",  # replayed meanwhile: it stays
+            WebhookDelivery.finished_at < self.cutoff,
+        )
+
+    # ------------------------------------------------------------------ idempotency keys
+
+    def _read_keys(self) -> list[str]:
+        """The next window of idempotency keys in key order: those first answered long ago."""
         with Session(self.engine) as session:
-            if not self.dry_run:
-                lock_for_write(session)
-            self._locked_at = time.monotonic()
-            finished = (
-                WebhookDelivery.id.in_(ids),
-                WebhookDelivery.status != "pending",  # replayed meanwhile: it stays
-                WebhookDelivery.finished_at < self.cutoff,
-            )
-            stmt = select(WebhookDelivery.id).where(*finished)
-            if self.postgres and not self.dry_run:
-                stmt = stmt.with_for_update(skip_locked=True)
-            gone = list(session.scalars(stmt))
-            if not gone:
-                return 0
-            statement = delete(WebhookDelivery).where(WebhookDelivery.id.in_(gone))
-            self._commit(session, rollups.Pruned(), statement)
-        self.deleted.update(deliveries=len(gone))
-        return len(gone)
+            stmt = select(IdempotencyKey.key, IdempotencyKey.created_at)
+            if self.after is not None:
+                stmt = stmt.where(IdempotencyKey.key > self.after)
+            rows = session.execute(stmt.order_by(IdempotencyKey.key).limit(self.batch_size)).all()
+        if not rows:
+            self.done = True
+            return []
+        self.after = rows[-1].key
+        self.scanned += len(rows)
+        return [r.key for r in rows if r.created_at < self.cutoff]
+
+    def _delete_keys(self, keys: list[str]) -> int:
+        return self._delete_plain(
+            "keys",
+            IdempotencyKey.key,
+            IdempotencyKey.key.in_(keys),
+            IdempotencyKey.created_at < self.cutoff,
+        )
 
     # ------------------------------------------------------------------ shared
 
@@ -305,6 +324,23 @@ class Pruner:
         if state is None:
             return None
         return min(self.cutoff, state.covered_until, state.seen - rollups.MARGIN)
+
+    def _delete_plain(self, kind: str, key, *conditions) -> int:
+        """One batch of rows no rollup counts: those of ``key`` that still meet ``conditions``."""
+        with Session(self.engine) as session:
+            if not self.dry_run:
+                lock_for_write(session)
+            self._locked_at = time.monotonic()
+            stmt = select(key).where(*conditions)
+            if self.postgres and not self.dry_run:
+                stmt = stmt.with_for_update(skip_locked=True)
+            gone = list(session.scalars(stmt))
+            if not gone:
+                return 0
+            statement = delete(key.class_).where(key.in_(gone))
+            self._commit(session, rollups.Pruned(), statement)
+        self.deleted.update({kind: len(gone)})
+        return len(gone)
 
     def _commit(self, session: Session, pruned: rollups.Pruned, *statements) -> None:
         """Record the batch in the rollups and delete it, in the one transaction."""

@@ -93,24 +93,21 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="run-", dir=CACHE))
     started = time.monotonic()
     results: dict = {}
+    failed: list[str] = []
     try:
         wrk = ensure_wrk() if NEEDS_WRK & set(names) else None
         info = machine.describe(wrk_version(wrk) if wrk else None, CACHE)
         for name in names:
             _log(f"bench: {name} ...")
-            if name == "ingest":
-                results[name] = ingest.run(wrk, workdir, args.quick, log=_log, webhook=args.webhook)
-            elif name == "ingest-pg":
-                results[name] = ingest.run_pg(wrk, workdir, args.quick, log=_log)
-            elif name == "api":
-                results[name] = api_scale.run(wrk, workdir, args.quick, args.reseed, log=_log)
-            elif name == "prune":
-                results[name] = prune.run(wrk, workdir, args.quick, log=_log)
-            elif name == "workers":
-                results[name] = workers.run(wrk, workdir, args.quick, log=_log)
-            else:
-                results[name] = dispatch.run(workdir, args.quick, log=_log)
-    except BenchError as exc:
+            try:
+                results[name] = _run_one(name, wrk, workdir, args)
+            except BenchError as exc:
+                # One benchmark that cannot finish must not throw away the others' figures.
+                _log(str(exc))
+                stop_all()
+                failed.append(name)
+                results[name] = {"error": str(exc)[-2000:]}
+    except BenchError as exc:  # before any benchmark ran (wrk missing, ...)
         _log(str(exc))
         return 2
     except KeyboardInterrupt:
@@ -138,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             title,
             "",
             _machine_markdown(info, args, seconds),
-            *(renderers[name](results[name]) for name in names),
+            *(_render(renderers[name], name, results[name]) for name in names),
         ]
     )
     stem = ("quick" if args.quick else "latest") + ("" if args.which == "all" else f"-{args.which}")
@@ -155,7 +152,30 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(text)
     _log(f"bench: results written to bench/results/{stem}.md and {stem}.json")
+    if failed:
+        _log(f"bench: failed: {', '.join(failed)}")
+        return 2
     return 0
+
+
+def _run_one(name: str, wrk, workdir: Path, args: argparse.Namespace) -> dict:
+    if name == "ingest":
+        return ingest.run(wrk, workdir, args.quick, log=_log, webhook=args.webhook)
+    if name == "ingest-pg":
+        return ingest.run_pg(wrk, workdir, args.quick, log=_log)
+    if name == "api":
+        return api_scale.run(wrk, workdir, args.quick, args.reseed, log=_log)
+    if name == "prune":
+        return prune.run(wrk, workdir, args.quick, log=_log)
+    if name == "workers":
+        return workers.run(wrk, workdir, args.quick, log=_log)
+    return dispatch.run(workdir, args.quick, log=_log)
+
+
+def _render(renderer, name: str, result: dict) -> str:
+    if "error" in result:
+        return f"## {name}\n\nThis benchmark failed:\n\n```\n{result['error']}\n```\n"
+    return renderer(result)
 
 
 if __name__ == "__main__":

@@ -194,7 +194,7 @@ def run(wrk: str, workdir: Path, quick: bool = False, log=_log_default) -> dict:
         stored = _count(db, f"SELECT count(*) FROM callback_events WHERE id > {first_new}")
 
     summary = re.search(
-        r"deleted ([\d,]+) messages and ([\d,]+) events .*\((\d+) batches, ([\d,]+) rows",
+        r"deleted ([\d,]+) messages, ([\d,]+) events\b.*\((\d+) batches, ([\d,]+) rows",
         output,
     )
     if summary is None:

@@ -12,7 +12,7 @@ from sqlalchemy import delete, func, select
 from app import messaging, retention, rollups
 from app.config import load_settings
 from app.extensions import db
-from app.models import CallbackEvent, Message, Rollup, RollupState, utcnow
+from app.models import CallbackEvent, IdempotencyKey, Message, Rollup, RollupState, utcnow
 from app.queries import stats
 from app.retention import Pruner, parse_age
 from tests.conftest import basic
@@ -387,3 +387,28 @@ def _deliveries(app):
 
     with app.app_context():
         return db.session.execute(select(WebhookDelivery.message_id, WebhookDelivery.status)).all()
+
+
+def test_prune_forgets_idempotency_keys_first_answered_before_the_cutoff(app):
+    now = utcnow()
+    ages = {"old-1": 30, "old-2": 13, "young": 11, "new": 0}  # hours since the first answer
+    with app.app_context():
+        for key, hours in ages.items():
+            db.session.add(
+                IdempotencyKey(
+                    key=key,
+                    request_hash="0" * 64,
+                    status_code=202,
+                    body={},
+                    location=None,
+                    created_at=now - timedelta(hours=hours),
+                )
+            )
+        db.session.commit()
+    dry = prune(app, dry_run=True)
+    assert dry.deleted["keys"] == 2 and count(app, IdempotencyKey) == 4
+    pruner = prune(app, batch_size=1)  # one key per window: the walk goes on past each
+    assert pruner.deleted["keys"] == 2
+    assert "2 idempotency keys" in pruner.summary()
+    with app.app_context():
+        assert set(db.session.scalars(select(IdempotencyKey.key))) == {"young", "new"}
